@@ -1,0 +1,113 @@
+"""The training engine: schedule, resume equivalence, DDP equivalence, checkpoints, metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minimind.cli import main
+from minimind.train.engine import TrainConfig, lr_factor
+
+SHAPE = ["--preset", "nano", "--hidden-size", "64", "--num-layers", "2", "--num-heads", "4", "--num-kv-heads", "2"]
+OPT = ["--batch-size", "4", "--max-seq-len", "64", "--dtype", "fp32", "--log-every", "1", "--no-progress",
+       "--warmup", "2", "--lr", "3e-3"]
+TINY = SHAPE + OPT
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def pretrain(corpus, tokenizer_dir, out, *extra):
+    argv = ["pretrain", "--data", str(corpus / "pretrain.jsonl"), "--tokenizer", str(tokenizer_dir),
+            "--out", str(out), *TINY, *extra]
+    assert main(argv) == 0
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(steps=100, warmup=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    wsd = TrainConfig(steps=100, warmup=10, min_lr_ratio=0.0, schedule="wsd", decay_frac=0.2)
+    assert lr_factor(50, wsd) == 1.0 and lr_factor(79, wsd) == 1.0
+    assert lr_factor(90, wsd) == pytest.approx(0.5)
+
+
+def test_pretrain_learns_and_writes_checkpoint(corpus, tokenizer_dir, tmp_path):
+    pretrain(corpus, tokenizer_dir, tmp_path / "run", "--steps", "30", "--eval-data",
+             str(corpus / "eval" / "heldout_pretrain.jsonl"))
+    ls = losses(tmp_path / "run")
+    assert ls[30] < ls[1] - 1.0  # it learns
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "train_state.pt", "run.json"} <= {
+        p.name for p in ckpt.iterdir()}
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert any("eval_loss" in r for r in rows)
+    assert all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]  # no half-written leftovers
+
+
+def test_resume_gives_identical_losses(corpus, tokenizer_dir, tmp_path):
+    pretrain(corpus, tokenizer_dir, tmp_path / "straight", "--steps", "12")
+    pretrain(corpus, tokenizer_dir, tmp_path / "split", "--steps", "12", "--stop-after", "6")
+    assert max(losses(tmp_path / "split")) == 6
+    pretrain(corpus, tokenizer_dir, tmp_path / "split", "--steps", "12", "--resume")
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in range(1, 13)] == [b[s] for s in range(1, 13)]  # exactly equal
+
+
+def test_resume_without_checkpoint_is_a_clear_error(corpus, tokenizer_dir, tmp_path, capsys):
+    argv = ["pretrain", "--data", str(corpus / "pretrain.jsonl"), "--tokenizer", str(tokenizer_dir),
+            "--out", str(tmp_path / "none"), *TINY, "--steps", "2", "--resume"]
+    assert main(argv) == 2
+    assert "no resumable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process_with_double_accumulation(corpus, tokenizer_dir, tmp_path):
+    pretrain(corpus, tokenizer_dir, tmp_path / "single", "--steps", "5", "--grad-accum", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "minimind.cli", "pretrain", "--data", str(corpus / "pretrain.jsonl"),
+           "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "ddp"), *TINY, "--steps", "5",
+           "--device", "cpu"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-5, (s, a[s], b[s])
+
+
+def test_sft_from_pretrained_inherits_tokenizer_and_config(corpus, tokenizer_dir, tmp_path):
+    pretrain(corpus, tokenizer_dir, tmp_path / "pt", "--steps", "3")
+    argv = ["sft", "--data", str(corpus / "sft.jsonl"), "--init", str(tmp_path / "pt"),
+            "--out", str(tmp_path / "sft"), *OPT, "--max-seq-len", "128", "--batch-size", "4",
+            "--steps", "10"]
+    assert main(argv) == 0
+    pt_cfg = json.loads((tmp_path / "pt" / "checkpoint" / "config.json").read_text())
+    sft_cfg = json.loads((tmp_path / "sft" / "checkpoint" / "config.json").read_text())
+    assert pt_cfg == sft_cfg
+    assert (tmp_path / "sft" / "checkpoint" / "tokenizer.json").read_bytes() == \
+        (tmp_path / "pt" / "checkpoint" / "tokenizer.json").read_bytes()
+    ls = losses(tmp_path / "sft")
+    assert ls[10] < ls[1]
+
+
+def test_bad_flags_exit_2(corpus, tokenizer_dir, tmp_path, capsys):
+    base = ["pretrain", "--data", str(corpus / "pretrain.jsonl"), "--tokenizer", str(tokenizer_dir),
+            "--out", str(tmp_path / "x"), "--no-progress", "--steps", "1"]
+    assert main(base + ["--preset", "gigantic"]) == 2
+    assert "unknown preset 'gigantic'" in capsys.readouterr().err
+    assert main(base + ["--dtype", "fp16", "--device", "cpu"]) == 2
+    assert "fp16 on CPU" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(tmp_path / "missing.jsonl"), "--tokenizer", str(tokenizer_dir),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "no such file" in capsys.readouterr().err
