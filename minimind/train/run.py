@@ -146,6 +146,15 @@ def prepared_data(path: str, tok, kind: str, max_seq_len: int, on_bad_record: st
     return load_prepared(cache, tok)
 
 
+def _eval_batch_size(data, args, d: Dist) -> int:
+    """A held-out set may be small: shrink the batch so that it still fills one batch per rank."""
+    if data.kind == "pretrain":
+        available = data.meta["n_tokens"] // (args.max_seq_len + 1)
+    else:
+        available = len(data)
+    return max(1, min(args.batch_size, available // d.world_size))
+
+
 def run_training(stage: str, args, objective, data_kind: str, extra: dict | None = None,
                  model_and_tok=None) -> dict:
     """Build everything for a training command and run the engine. Returns the final metrics."""
@@ -165,8 +174,8 @@ def run_training(stage: str, args, objective, data_kind: str, extra: dict | None
         eval_loader = None
         if args.eval_data:
             edata = prepared_data(args.eval_data, tok, data_kind, args.max_seq_len, args.on_bad_record, d, progress)
-            eval_loader = make_loader(edata, args.batch_size, args.max_seq_len, seed=0, rank=d.rank,
-                                      world_size=d.world_size)
+            eval_loader = make_loader(edata, _eval_batch_size(edata, args, d), args.max_seq_len, seed=0,
+                                      rank=d.rank, world_size=d.world_size)
         cfg = train_config(args, extra)
         if not cfg.steps:
             per_step = d.world_size * cfg.grad_accum

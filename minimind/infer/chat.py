@@ -1,0 +1,119 @@
+"""Terminal chat (`minimind chat`) and one-shot generation (`minimind generate`).
+
+The chat keeps the conversation history, streams the reply as it is generated (thinking shown
+dimmed), and understands a few commands: /think on|off, /reset, /system TEXT, /exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UserError
+from .generate import Generator, SamplingParams, load_for_inference
+
+DIM, RESET = "\033[2m", "\033[0m"
+HELP = "commands: /think on|off  /reset  /system TEXT  /exit   (Ctrl-D also exits)"
+
+
+def sampling_from_args(args) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed).validate()
+
+
+def stream_reply(gen: Generator, messages: list[dict], params: SamplingParams, think: bool, out=sys.stdout,
+                 color: bool = True) -> dict:
+    """Stream one assistant reply to `out`; return it parsed (content, reasoning_content, tool_calls)."""
+    from ..tokenizer import render_chat
+    from .parse import StreamParser
+
+    ids, _ = render_chat(gen.tok, messages, add_generation_prompt=True, open_thinking=think)
+    parser = StreamParser(open_thinking=think)
+    in_reasoning = False
+
+    def show(events):
+        nonlocal in_reasoning
+        for kind, value in events:
+            if kind == "reasoning" and not in_reasoning:
+                out.write(DIM if color else "")
+                in_reasoning = True
+            elif kind != "reasoning" and in_reasoning:
+                out.write((RESET if color else "") + "\n")
+                in_reasoning = False
+            if kind == "tool_call":
+                out.write(f"\n[tool call] {value['name']}({json.dumps(value['arguments'], ensure_ascii=False)})")
+            else:
+                out.write(value)
+            out.flush()
+
+    for delta in gen.stream(ids, params):
+        show(parser.feed(delta))
+    show(parser.flush())
+    if in_reasoning and color:
+        out.write(RESET)
+    result = parser.finish()
+    out.write("\n")
+    out.flush()
+    return result
+
+
+def chat_loop(args) -> None:
+    params = sampling_from_args(args)
+    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype)
+    gen = Generator(model, tok)
+    think = args.think == "on"
+    system = args.system
+    history: list[dict] = []
+    print(f"minimind chat ({args.checkpoint}); thinking {'on' if think else 'off'}. {HELP}")
+    while True:
+        try:
+            line = input("\nyou> ").strip()
+        except EOFError:
+            print()
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, rest = line.partition(" ")
+            if cmd in ("/exit", "/quit"):
+                return
+            if cmd == "/reset":
+                history = []
+                print("(conversation cleared)")
+            elif cmd == "/think":
+                think = {"on": True, "off": False}.get(rest.strip(), not think)
+                print(f"(thinking {'on' if think else 'off'})")
+            elif cmd == "/system":
+                system = rest.strip() or None
+                history = []
+                print(f"(system prompt {'set' if system else 'cleared'}; conversation cleared)")
+            else:
+                print(HELP)
+            continue
+        if args.no_history:
+            history = []
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        print("minimind> ", end="", flush=True)
+        reply = stream_reply(gen, messages, params, think)
+        history.append({"role": "assistant", "content": reply["content"],
+                        "reasoning_content": reply["reasoning_content"] or None})
+
+
+def generate_once(args) -> None:
+    params = sampling_from_args(args)
+    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype)
+    gen = Generator(model, tok)
+    if args.raw:
+        ids = tok.encode(args.prompt)
+        if not ids:
+            raise UserError("prompt is empty", param="prompt")
+        sys.stdout.write(args.prompt)
+        for delta in gen.stream(ids, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    stream_reply(gen, [{"role": "user", "content": args.prompt}], params, args.think == "on",
+                 color=sys.stdout.isatty())
