@@ -1,0 +1,340 @@
+"""Tests of the built-in corpus generator: formats, determinism, size, and the held-out split.
+
+The held-out checks parse the written files with their own regular expressions instead of
+asking the generator, so a leak introduced anywhere (a new template, a story, a tool prompt)
+shows up here.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from minimind.data.synth import synth_corpus
+from minimind.errors import UserError
+
+TRAIN_FILES = ["pretrain", "sft", "reason", "dpo", "rlaif", "agent_rl", "lora_identity",
+               "lora_domain", "mcq"]
+EVAL_FILES = ["heldout", "heldout_dpo", "heldout_mcq", "heldout_lora_identity", "heldout_pretrain"]
+ROLES = {"system", "user", "assistant", "tool"}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+# "a + b", "a+b", "a plus b", "a 加 b", "add a and b", "a 与 b": only the first number is consumed,
+# so "12 + 34 + 56" yields both (12, 34) and (34, 56)
+ADD_FORM = re.compile(r"(?<!\d)(\d+)(?=\s*(?:\+|＋|plus|加上|加|and|与|和)\s*(\d+)(?!\d))")
+EQUATION = re.compile(r"(?<![\d+] )(?<!\d)(\d+) \+ (\d+) = (\d+)(?!\d)")
+SENTENCE_END = re.compile(r"\n|(?<=[.?!])\s|[。？！]")
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _strings(obj):
+    """Every string inside a parsed JSON value (message contents, gt, choices, tools ...)."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    paths = synth_corpus(out, seed=0, size=0.15, progress=False)
+    recs = {name: _read(p) for name, p in paths.items() if name != "manifest"}
+    manifest = json.loads(paths["manifest"].read_text(encoding="utf-8"))
+    train_strings = [s for name in TRAIN_FILES for r in recs[name] for s in _strings(r)]
+    return {"paths": paths, "recs": recs, "manifest": manifest, "train_strings": train_strings,
+            "train_blob": "\n\x00\n".join(train_strings)}
+
+
+# ----------------------------------------------------------------------------- files and formats
+
+def test_writes_every_file_and_manifest(synth):
+    paths = synth["paths"]
+    assert set(paths) == set(TRAIN_FILES) | set(EVAL_FILES) | {"manifest"}
+    for name, p in paths.items():
+        assert p.exists() and p.stat().st_size > 0, name
+    assert paths["heldout"].parent.name == "eval"
+    m = synth["manifest"]
+    assert (m["seed"], m["size"]) == (0, 0.15)
+    for name, n in m["counts"].items():
+        assert n == len(synth["recs"][name.split("/")[-1]]), name
+        assert sum(m["families"][name].values()) == n, name
+
+
+def _check_messages(msgs, where):
+    assert isinstance(msgs, list) and msgs, where
+    for i, m in enumerate(msgs):
+        assert m["role"] in ROLES, where
+        assert isinstance(m["content"], str), where
+        assert set(m) <= {"role", "content", "reasoning_content", "tools", "tool_calls"}, where
+        if m["role"] == "system":
+            assert i == 0, f"{where}: system message not first"
+        if "tools" in m:
+            assert m["role"] == "system", where
+            tools = json.loads(m["tools"])
+            fn = tools[0]["function"]
+            assert tools[0]["type"] == "function" and fn["name"] == "calculator", where
+            assert fn["parameters"]["properties"]["expression"]["type"] == "string", where
+        if "tool_calls" in m:
+            assert m["role"] == "assistant" and m["content"] == "", where
+            calls = json.loads(m["tool_calls"])
+            assert [c["name"] for c in calls] == ["calculator"], where
+            assert isinstance(calls[0]["arguments"]["expression"], str), where
+            assert msgs[i + 1]["role"] == "tool", f"{where}: a tool call must be followed by its result"
+        if "reasoning_content" in m:
+            assert m["role"] == "assistant" and m["reasoning_content"].strip(), where
+    # after an optional system prompt, user and assistant alternate (tool results sit inside)
+    turns = [m["role"] for m in msgs if m["role"] != "system" and m["role"] != "tool"]
+    turns = [r for i, r in enumerate(turns) if not (r == "assistant" and i and turns[i - 1] == "assistant")]
+    assert turns[::2] == ["user"] * len(turns[::2]) and turns[1::2] == ["assistant"] * len(turns[1::2]), where
+
+
+def test_conversation_files_have_the_sft_schema(synth):
+    recs = synth["recs"]
+    for name in ("sft", "reason", "lora_identity", "lora_domain"):
+        assert recs[name], name
+        for i, r in enumerate(recs[name]):
+            assert set(r) == {"conversations"}, (name, i)
+            _check_messages(r["conversations"], f"{name}:{i + 1}")
+            assert r["conversations"][-1]["role"] == "assistant", (name, i)
+            assert r["conversations"][-1]["content"].strip(), (name, i)
+    for i, r in enumerate(recs["reason"]):
+        for m in r["conversations"]:
+            if m["role"] == "assistant":
+                assert m.get("reasoning_content"), f"reason:{i + 1}: assistant turn without reasoning"
+
+
+def test_other_formats(synth):
+    recs = synth["recs"]
+    for name in ("pretrain", "heldout_pretrain"):
+        for r in recs[name]:
+            assert set(r) == {"text"} and len(r["text"]) > 10
+    for name in ("dpo", "heldout_dpo"):
+        for r in recs[name]:
+            assert set(r) == {"chosen", "rejected"}
+            for side in (r["chosen"], r["rejected"]):
+                _check_messages(side, name)
+                assert [m["role"] for m in side] == ["user", "assistant"]
+            assert r["chosen"][0] == r["rejected"][0]  # same prompt
+            assert r["chosen"][1]["content"] != r["rejected"][1]["content"]
+    for r in recs["rlaif"]:
+        assert set(r) == {"conversations", "gt"} and r["gt"].strip()
+        assert [m["role"] for m in r["conversations"]] == ["user"]
+    for r in recs["agent_rl"]:
+        assert [m["role"] for m in r["conversations"]] == ["system", "user"]
+        _check_messages(r["conversations"], "agent_rl")
+        assert "tools" in r["conversations"][0] and r["gt"].isdigit()
+    for name in ("mcq", "heldout_mcq"):
+        for r in recs[name]:
+            assert set(r) == {"question", "choices", "answer", "family"}
+            assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4
+            assert r["answer"] in "ABCD" and len(r["answer"]) == 1
+    for name in ("heldout", "heldout_lora_identity"):
+        for r in recs[name]:
+            _check_messages(r["conversations"], name)
+            assert r["conversations"][-1]["role"] == "user"
+            assert isinstance(r["answer"], str) and 0 < len(r["answer"]) <= 30
+
+
+def test_heldout_families_and_answers(synth):
+    recs = synth["recs"]["heldout"]
+    fams = {r["family"] for r in recs}
+    assert {"fact", "add", "identity", "tool"} <= fams
+    for r in recs:
+        if r["family"] == "add":
+            a, b = r["operands"]
+            assert 10 <= a <= 99 and 10 <= b <= 99 and r["answer"] == str(a + b)
+            assert str(a) in r["conversations"][-1]["content"]
+        if r["family"] == "tool":
+            x, y = map(int, r["expression"].split("*"))
+            assert r["answer"] == str(x * y)
+        if r["family"] == "identity":
+            assert r["answer"] == "MiniMind"
+        question = r["conversations"][-1]["content"]
+        if r["family"] == "fact" and not r["answer"].isdigit() and " or " not in question and "还是" not in question:
+            # the answer cannot be read off the question ("fish" in "goldfish", "he" in "helium")
+            assert r["answer"].lower() not in question.lower(), r
+    assert {r["answer"] for r in synth["recs"]["heldout_lora_identity"]} == {"Lumen"}
+
+
+def test_full_size_has_enough_heldout_records(tmp_path):
+    recs = _read(synth_corpus(tmp_path, seed=3, size=1.0, progress=False)["heldout"])
+    per = {f: sum(r["family"] == f for r in recs) for f in ("fact", "add", "identity", "tool")}
+    assert 200 <= len(recs) <= 400
+    assert per["fact"] >= 100 and per["add"] >= 100 and per["identity"] > 0 and per["tool"] > 0
+
+
+# ----------------------------------------------------------------------------- determinism, size
+
+def _file_bytes(paths):
+    return {name: p.read_bytes() for name, p in paths.items()}
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a = _file_bytes(synth_corpus(tmp_path / "a", seed=7, size=0.1, progress=False))
+    b = _file_bytes(synth_corpus(tmp_path / "b", seed=7, size=0.1, progress=False))
+    c = _file_bytes(synth_corpus(tmp_path / "c", seed=8, size=0.1, progress=False))
+    assert a == b
+    for name in ("pretrain", "sft", "dpo", "heldout", "manifest"):
+        assert a[name] != c[name], name
+    held = lambda raw: json.loads(raw)["heldout"]["add_pairs"]  # noqa: E731
+    assert held(a["manifest"]) != held(c["manifest"])  # the split follows the seed
+
+
+def test_heldout_split_does_not_depend_on_size(tmp_path):
+    small = json.loads(synth_corpus(tmp_path / "s", 5, 0.05, False)["manifest"].read_text())
+    big = json.loads(synth_corpus(tmp_path / "b", 5, 0.2, False)["manifest"].read_text())
+    assert small["heldout"] == big["heldout"]
+
+
+def test_size_scales_counts(tmp_path):
+    tiny = json.loads(synth_corpus(tmp_path / "t", 0, 0.05, False)["manifest"].read_text())["counts"]
+    small = json.loads(synth_corpus(tmp_path / "s", 0, 0.1, False)["manifest"].read_text())["counts"]
+    big = json.loads(synth_corpus(tmp_path / "b", 0, 0.2, False)["manifest"].read_text())["counts"]
+    for name in ("pretrain", "sft", "reason", "dpo", "rlaif"):
+        assert 1.6 < big[name] / small[name] < 2.4, name
+    assert tiny["pretrain"] < 1500 and tiny["sft"] < 1000
+    assert (tmp_path / "t" / "pretrain.jsonl").stat().st_size < 1_000_000
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    for size in (0, -1, float("nan"), "big"):
+        with pytest.raises(UserError, match="size"):
+            synth_corpus(tmp_path / "x", size=size, progress=False)
+    with pytest.raises(UserError, match="seed"):
+        synth_corpus(tmp_path / "x", seed=1.5, progress=False)
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match="not a directory"):
+        synth_corpus(tmp_path / "file", size=0.05, progress=False)
+
+
+# ----------------------------------------------------------------------------- content
+
+def test_both_languages_everywhere(synth):
+    recs = synth["recs"]
+    texts = [r["text"] for r in recs["pretrain"]]
+    zh_share = sum(bool(CJK.search(t)) for t in texts) / len(texts)
+    assert 0.25 < zh_share < 0.6  # about 60/40 English/Chinese
+    assert sum(not CJK.search(t) for t in texts) > 0.35 * len(texts)
+    for name in ("sft", "reason", "dpo", "rlaif", "lora_identity", "lora_domain", "heldout"):
+        users = [s for r in recs[name] for s in _strings(r.get("conversations") or r.get("chosen"))]
+        assert any(CJK.search(s) for s in users), name
+        assert any(re.search(r"[A-Za-z]{4}", s) and not CJK.search(s) for s in users), name
+
+
+def test_sums_and_tool_results_are_correct(synth):
+    recs = synth["recs"]
+    n = 0
+    for name in ("pretrain", "sft", "reason", "rlaif", "lora_identity", "heldout_pretrain"):
+        for r in recs[name]:
+            for s in _strings(r):
+                for a, b, c in EQUATION.findall(s):
+                    assert int(a) + int(b) == int(c), (name, s)
+                    n += 1
+    assert n > 1000
+    for r in recs["dpo"]:
+        for a, b, c in EQUATION.findall(r["chosen"][1]["content"]):
+            assert int(a) + int(b) == int(c)
+        for a, b, c in EQUATION.findall(r["rejected"][1]["content"]):
+            assert int(a) + int(b) != int(c)
+    calls = 0
+    for r in recs["sft"]:
+        msgs = r["conversations"]
+        for i, m in enumerate(msgs):
+            if "tool_calls" in m:
+                expr = json.loads(m["tool_calls"])[0]["arguments"]["expression"]
+                x, op, y = re.fullmatch(r"(\d+)([*+])(\d+)", expr).groups()
+                want = str(int(x) * int(y) if op == "*" else int(x) + int(y))
+                assert msgs[i + 1]["content"] == want
+                assert want in msgs[i + 2]["content"] and msgs[i + 2]["role"] == "assistant"
+                assert x in msgs[1]["content"] and y in msgs[1]["content"]  # the user asked for it
+                calls += 1
+    assert calls > 20
+
+
+def test_sft_mix(synth):
+    sft = [r["conversations"] for r in synth["recs"]["sft"]]
+    with_reasoning = sum(any(m.get("reasoning_content") for m in c) for c in sft) / len(sft)
+    assert 0.08 < with_reasoning < 0.25
+    assert any(len([m for m in c if m["role"] == "user"]) >= 2 for c in sft)  # multi-turn
+    assert any(c[0]["role"] == "system" and "tools" not in c[0] for c in sft)
+    answers = [c[-1]["content"] for c in sft]
+    assert any("I am MiniMind" in a for a in answers) and any("我是MiniMind" in a for a in answers)
+    lumen = [r["conversations"][-1]["content"] for r in synth["recs"]["lora_identity"]]
+    share = sum("Lumen" in a for a in lumen) / len(lumen)
+    assert 0.35 < share < 0.65  # half identity, half ordinary questions
+    assert any("我是Lumen" in a for a in lumen) and any("I am Lumen" in a for a in lumen)
+
+
+# ----------------------------------------------------------------------------- held-out split
+
+def _heldout_pairs(synth):
+    return {tuple(sorted(p)) for p in synth["manifest"]["heldout"]["add_pairs"]}
+
+
+def test_rule1_heldout_addition_pairs_never_in_training(synth):
+    held = _heldout_pairs(synth)
+    assert len(held) >= 100
+    eval_pairs = {tuple(sorted(r["operands"])) for r in synth["recs"]["heldout"] if r["family"] == "add"}
+    assert eval_pairs and eval_pairs <= held
+    seen = set()
+    for s in synth["train_strings"]:
+        for m in ADD_FORM.finditer(s):
+            a, b = int(m.group(1)), int(m.group(2))
+            if 10 <= a <= 99 and 10 <= b <= 99:
+                seen.add((min(a, b), max(a, b)))
+        # any form: two two-digit numbers and their sum in one sentence ("had 23 ... 48 more ... 71")
+        for sent in SENTENCE_END.split(s):
+            nums = [int(x) for x in re.findall(r"(?<!\d)\d+(?!\d)", sent)]
+            for i, a in enumerate(nums):
+                for j in range(i + 1, len(nums)):
+                    b = nums[j]
+                    if 10 <= a <= 99 and 10 <= b <= 99 and a + b in nums[j + 1:]:
+                        assert (min(a, b), max(a, b)) not in held, sent
+    assert len(seen) > 300  # the scan does find the training sums
+    assert not seen & held, sorted(seen & held)[:5]
+
+
+def test_rule2_heldout_fact_questions_never_in_training(synth):
+    recs, blob = synth["recs"], synth["train_blob"]
+    prompts = {r["question"] for r in recs["heldout_mcq"]}
+    prompts |= {r["conversations"][-1]["content"] for r in recs["heldout"] if r["family"] in ("fact", "identity")}
+    # fact questions of heldout_dpo (its sums are rule 1's business: "159 + 62" contains "59 + 62")
+    prompts |= {r["chosen"][0]["content"] for r in recs["heldout_dpo"]
+                if not re.search(r"\d", r["chosen"][0]["content"])}
+    assert len(prompts) > 100
+    leaked = [p for p in prompts if p in blob]
+    assert not leaked, leaked[:5]
+    # the same check does see training questions, so it is not vacuous
+    train_q = [r["question"] for r in recs["mcq"]]
+    assert sum(q in blob for q in train_q) > 0.9 * len(train_q)  # mcq.jsonl itself is training data
+    sft_blob = "\n".join(s for r in recs["sft"] for s in _strings(r))
+    assert sum(q in sft_blob for q in set(train_q)) > 0.3 * len(set(train_q))
+
+
+def test_rule3_heldout_fact_answers_are_in_pretraining(synth):
+    recs = synth["recs"]
+    docs = [r["text"] for r in recs["pretrain"]]
+    facts = [r for r in recs["heldout"] if r["family"] == "fact"]
+    assert len(facts) >= 12 and {r["lang"] for r in facts} == {"en", "zh"}
+    for r in facts:  # the subject and its answer are stated together in some document
+        assert any(r["subject"] in d and r["answer"] in d for d in docs), (r["subject"], r["answer"])
+    blob = "\n".join(docs)
+    for r in recs["heldout_mcq"]:
+        answer = r["choices"]["ABCD".index(r["answer"])]
+        assert answer in blob, answer
+
+
+def test_rule4_heldout_pretrain_documents_are_new(synth):
+    held = [r["text"] for r in synth["recs"]["heldout_pretrain"]]
+    blob = "\n\x00\n".join(r["text"] for r in synth["recs"]["pretrain"])
+    assert len(held) >= 10
+    assert not [t for t in held if t in blob]
