@@ -2,8 +2,9 @@
 
 Two jobs live here because they must agree with each other exactly:
 
-1. **The tokenizer.** A byte-level BPE (the GPT-2 recipe, via the Rust `tokenizers` library):
-   text is split into bytes, so any string -- Chinese, emoji, code -- can be encoded with no
+1. **The tokenizer.** A byte-level BPE (the GPT-2 recipe, via the Rust `tokenizers` library,
+   with Qwen2's pre-tokenizer split so digits stay single and a cap on token length so Chinese
+   phrases are not merged whole): text is split into bytes, so any string -- Chinese, emoji, code -- can be encoded with no
    unknown token, and frequent byte sequences are merged into single tokens. 6,400 tokens is
    the MiniMind size: a tiny vocabulary keeps the embedding table small (6400 x 512 is 3.3M of
    the 26M parameters) at the price of more tokens per sentence. The first 16 ids are fixed:
@@ -65,7 +66,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
 from minimind.errors import UserError
@@ -167,11 +168,26 @@ def _count_lines(paths: list[Path], cap: int | None) -> int:
     return total
 
 
+# Qwen2's pre-tokenizer split (llama.cpp knows it as the "qwen2" pre-tokenizer): like GPT-2's,
+# but every digit is its own piece, so numbers are spelled digit by digit -- a tiny model can
+# then learn column arithmetic instead of memorising a token per number.
+PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Longest token, in bytes. Chinese has no spaces, so without a cap a small corpus merges whole
+# phrases ("法国的首都是巴黎") into one token and the model never sees the words inside; 8 bytes
+# allows two Chinese characters or an 8-letter English piece.
+MAX_TOKEN_BYTES = 8
+
+
 def _new_backend() -> _RustTokenizer:
     backend = _RustTokenizer(models.BPE())
-    # Byte-level: every string is representable, no unknown token. No prefix space, so
-    # "Hello" at the start of a message and after a newline are the same token.
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Split first (digits apart, words with their leading space), then map to bytes: every
+    # string is representable, no unknown token. No prefix space, so "Hello" at the start of a
+    # message and after a newline are the same token.
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     backend.decoder = decoders.ByteLevel()
     return backend
 
@@ -203,6 +219,7 @@ def train_tokenizer(
         vocab_size=vocab_size,
         special_tokens=[_added_token(t) for t in SPECIAL_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even if unseen
+        max_token_length=MAX_TOKEN_BYTES,
         show_progress=progress,
     )
     length = _count_lines(paths, max_docs) if progress else None
@@ -212,6 +229,9 @@ def train_tokenizer(
     backend.add_tokens([_added_token(t) for t in TAG_TOKENS])
     tokenizer = Tokenizer(_RustTokenizer.from_str(backend.to_str()))
     tokenizer.save(out_dir)
+    if progress and tokenizer.vocab_size < vocab_size:
+        print(f"note: the corpus supports only {tokenizer.vocab_size} tokens (asked for {vocab_size}); "
+              f"more (or more varied) text gives more merges")
     return Tokenizer.load(out_dir)
 
 

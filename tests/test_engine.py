@@ -90,7 +90,7 @@ def test_sft_from_pretrained_inherits_tokenizer_and_config(corpus, tokenizer_dir
     pretrain(corpus, tokenizer_dir, tmp_path / "pt", "--steps", "3")
     argv = ["sft", "--data", str(corpus / "sft.jsonl"), "--init", str(tmp_path / "pt"),
             "--out", str(tmp_path / "sft"), *OPT, "--max-seq-len", "128", "--batch-size", "4",
-            "--steps", "10"]
+            "--steps", "20"]
     assert main(argv) == 0
     pt_cfg = json.loads((tmp_path / "pt" / "checkpoint" / "config.json").read_text())
     sft_cfg = json.loads((tmp_path / "sft" / "checkpoint" / "config.json").read_text())
@@ -98,7 +98,7 @@ def test_sft_from_pretrained_inherits_tokenizer_and_config(corpus, tokenizer_dir
     assert (tmp_path / "sft" / "checkpoint" / "tokenizer.json").read_bytes() == \
         (tmp_path / "pt" / "checkpoint" / "tokenizer.json").read_bytes()
     ls = losses(tmp_path / "sft")
-    assert ls[10] < ls[1]
+    assert sum(ls[s] for s in (18, 19, 20)) < sum(ls[s] for s in (1, 2, 3)) - 0.3  # it learns
 
 
 def test_bad_flags_exit_2(corpus, tokenizer_dir, tmp_path, capsys):

@@ -56,7 +56,8 @@ def test_special_token_ids_are_fixed(tok):
     assert SPECIAL_TOKENS[9:] == [f"<|reserved_{i}|>" for i in range(7)]
     assert (tok.pad_id, tok.eot_id, tok.eos_id, tok.im_start_id, tok.im_end_id) == (0, 0, 2, 1, 2)
     assert (tok.think_id, tok.end_think_id, tok.tool_call_id, tok.end_tool_call_id) == (3, 4, 5, 6)
-    assert tok.vocab_size == VOCAB == len(tok)
+    # a tiny corpus may offer fewer merges than asked for (token length is capped), never more
+    assert 300 < tok.vocab_size == len(tok) <= VOCAB
 
 
 @pytest.mark.parametrize("token", SPECIAL_TOKENS)
@@ -94,12 +95,12 @@ def test_conversation_and_dpo_records_are_used(tmp_path):
     with open(path, "w", encoding="utf-8") as f:
         for _ in range(200):
             conv = [{"role": "user", "content": "q"},
-                    {"role": "assistant", "content": "a", "reasoning_content": "blorptastic"}]
+                    {"role": "assistant", "content": "a", "reasoning_content": "blorpt"}]
             f.write(json.dumps({"conversations": conv}) + "\n")
             f.write(json.dumps({"chosen": [{"role": "assistant", "content": "snurfle"}],
                                 "rejected": [{"role": "assistant", "content": "snurfle"}]}) + "\n")
     tok = train_tokenizer([path], tmp_path / "t", vocab_size=300, progress=False)
-    assert len(tok.encode("blorptastic")) == 1
+    assert len(tok.encode("blorpt")) == 1
     assert len(tok.encode("snurfle")) == 1
 
 
@@ -122,7 +123,7 @@ def test_save_load_keeps_ids_and_fingerprint(tok, tmp_path):
 
 def test_fingerprint_changes_with_the_tokenizer(tok, tmp_path):
     write_corpus(tmp_path / "c.jsonl", n=100)
-    other = train_tokenizer([tmp_path / "c.jsonl"], tmp_path / "t", vocab_size=VOCAB, progress=False)
+    other = train_tokenizer([tmp_path / "c.jsonl"], tmp_path / "t", vocab_size=300, progress=False)
     assert len(tok.fingerprint()) == 16
     assert other.fingerprint() != tok.fingerprint()
 
@@ -143,7 +144,7 @@ def test_autotokenizer_loads_and_encodes_identically(tok, tok_dir):
         assert hf.encode(text, add_special_tokens=False) == tok.encode(text)
         assert hf.decode(tok.encode(text)) == text
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 0)
-    assert len(hf) == VOCAB
+    assert len(hf) == tok.vocab_size
 
 
 def test_bad_json_line_names_file_and_line(tmp_path):
