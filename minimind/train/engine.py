@@ -69,6 +69,7 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = False
     stop_after: int = 0  # stop (with a checkpoint) after this step, to continue later with resume
+    target_loss: float = 0.0  # stop once an evaluation reaches this held-out loss (speedruns)
     progress: bool = True
     wandb: bool = False
     swanlab: bool = False
@@ -422,6 +423,9 @@ class Trainer:
             m["tokens_seen"] = self.tokens_seen
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 m.update(self.evaluate())
+                if cfg.target_loss and m.get("eval_loss", float("inf")) <= cfg.target_loss:
+                    m["target_reached"] = True
+                    end = self.step  # stop here: the target held-out loss is reached
             if self.step % cfg.log_every == 0 or self.step == cfg.steps or "eval_loss" in m:
                 self.log.log(self.step, m)
             bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", tok_s=f"{m['tokens_per_s']:.0f}",
@@ -431,7 +435,7 @@ class Trainer:
                 self.save()
             last = m
         bar.close()
-        final = self.evaluate() if self.step == cfg.steps else {}
+        final = self.evaluate() if self.step == cfg.steps and "eval_loss" not in last else {}
         if final:
             self.log.log(self.step, final)
             last.update(final)

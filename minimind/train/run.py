@@ -66,6 +66,7 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw, or muon for hidden matrices (+adamw for the rest)")
+    g.add_argument("--muon-lr", type=float, default=0.02, help="with --optimizer muon: lr of the hidden matrices")
     g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp16 (GPU), fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -76,6 +77,8 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     r.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     r.add_argument("--log-every", type=int, default=10)
     r.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly where it stopped")
+    r.add_argument("--target-loss", type=float, default=0.0,
+                   help="stop as soon as an evaluation reaches this held-out loss (needs --eval-data)")
     r.add_argument("--stop-after", type=int, default=0,
                    help="stop with a checkpoint after this step (continue later with --resume)")
     r.add_argument("--on-bad-record", default="error", choices=["error", "skip"],
@@ -91,9 +94,10 @@ def train_config(args, extra: dict | None = None) -> TrainConfig:
         out_dir=args.out, steps=args.steps or 0, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
         decay_frac=args.decay_frac, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        optimizer=args.optimizer, dtype=args.dtype, compile=args.compile, device=args.device,
+        optimizer=args.optimizer, muon_lr=args.muon_lr, dtype=args.dtype, compile=args.compile, device=args.device,
         seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
         save_every=args.save_every, log_every=args.log_every, resume=args.resume, stop_after=args.stop_after,
+        target_loss=args.target_loss,
         progress=not args.no_progress, wandb=args.wandb, swanlab=args.swanlab,
         tensorboard=args.tensorboard, extra=extra or {})
 
