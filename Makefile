@@ -21,10 +21,23 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Tools some tests drive: headless Chromium (browser test) and llama.cpp (GGUF check). Best effort:
+# without them those tests skip and say why.
+TOOLS_STAMP := $(VENV)/.test-tools
+$(TOOLS_STAMP): | $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
+	  echo "note: chromium/chromedriver not installed; the browser test will skip"
+	@$(PY) -c "import llama_cpp" 2>/dev/null || \
+	  $(PY) -m pip install -q llama-cpp-python || \
+	  echo "note: llama-cpp-python did not build; the llama.cpp comparison will skip"
+	touch $(TOOLS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/minimind demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -q
 
 # everything except the end-to-end training tests (a couple of minutes)
