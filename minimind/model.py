@@ -50,11 +50,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalise in fp32 (bf16 sums of squares lose precision), return in the input dtype
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x * self.weight.float()).to(dtype)
+        # x / sqrt(mean(x^2) + eps) * g, in fp32 (bf16 sums of squares lose precision), returned in
+        # the input dtype; F.rms_norm is the same formula as one fused kernel
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- RoPE + YaRN
@@ -156,14 +154,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.n_kv != self.n_heads:  # GQA: each kv head serves h/g query heads
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+        # GQA: query head j reads kv head j // (h/g); SDPA does that without copying k and v
+        gqa = self.n_kv != self.n_heads
         if isinstance(mask, str):  # "causal" or "none"
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=(mask == "causal"))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=(mask == "causal"), enable_gqa=gqa)
         else:  # boolean (B, 1, T, S), True = attend
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd)  # (B, T, h*hd)
         return self.o_proj(y)
 
