@@ -261,7 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _pin_malloc_threshold() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which tensors of
+    changing shapes (SFT batches, generation) are carved from the heap and fragment it: resident
+    memory grew ~60 MB per SFT step without this. A fixed threshold returns big blocks to the OS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD = 128 KiB
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
 def main(argv=None) -> int:
+    _pin_malloc_threshold()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,10 @@
 """Exact-match task accuracy on a held-out split (`minimind eval tasks`).
 
 Each held-out record is {"family", "conversations": [system?, user], "answer"}. The model answers
-greedily; the reply is correct when its final content (thinking removed) contains the answer:
-numbers must appear as a whole number (so "171" does not match "71"), text answers
-case-insensitively. Accuracy is reported per family.
+greedily; when it calls a tool (the calculator), the call is executed and the model continues
+with the result, up to two rounds, as an agent would. The reply is correct when its final content (thinking removed) contains the answer:
+numbers must appear as a whole number (so "171" does not match "71"), Latin text as whole
+words, case-insensitively, and Chinese text as a substring. Accuracy is reported per family.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def is_correct(reply: str, answer: str) -> bool:
     answer = str(answer).strip()
     if re.fullmatch(r"-?\d+(\.\d+)?", answer):
         return re.search(rf"(?<![\d.]){re.escape(answer)}(?![\d]|\.\d)", reply) is not None
-    return answer.lower() in reply.lower()
+    if re.fullmatch(r"[\x00-\x7f]+", answer):  # Latin text: whole words ("He" must not match "The")
+        return re.search(rf"(?<![A-Za-z]){re.escape(answer)}(?![A-Za-z])", reply, re.IGNORECASE) is not None
+    return answer in reply
 
 
 def load_heldout(path, limit: int | None = None) -> list[dict]:
@@ -46,24 +49,38 @@ def load_heldout(path, limit: int | None = None) -> list[dict]:
 
 
 def evaluate_tasks(model, tok, records: list[dict], think: bool = False, batch_size: int = 32,
-                   max_new_tokens: int = 96, progress: bool = False) -> dict:
+                   max_new_tokens: int = 96, progress: bool = False, max_tool_rounds: int = 2) -> dict:
     """-> {"families": {family: {"correct", "total", "accuracy"}}, "samples": [...]}"""
     from tqdm.auto import tqdm
 
     from ..infer.generate import Generator, SamplingParams
     from ..infer.parse import parse_assistant
+    from ..infer.tools import run_tool_call
     from ..tokenizer import render_chat
 
     gen = Generator(model, tok)
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    prompts = [render_chat(tok, r["conversations"], add_generation_prompt=True, open_thinking=think)[0]
-               for r in records]
-    order = sorted(range(len(records)), key=lambda i: len(prompts[i]))  # similar lengths batch well
+    convs = [list(r["conversations"]) for r in records]
     replies = [None] * len(records)
-    for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="eval", unit="batch"):
-        idx = order[s:s + batch_size]
-        for i, o in zip(idx, gen.generate([prompts[i] for i in idx], params)):
-            replies[i] = (o["text"], parse_assistant(o["text"], open_thinking=think))
+    pending = list(range(len(records)))
+    for _ in range(max_tool_rounds + 1):  # a tool call is executed and the model continues
+        prompts = {i: render_chat(tok, convs[i], add_generation_prompt=True, open_thinking=think)[0]
+                   for i in pending}
+        order = sorted(pending, key=lambda i: len(prompts[i]))  # similar lengths batch well
+        calls = []
+        for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="eval", unit="batch"):
+            idx = order[s:s + batch_size]
+            for i, o in zip(idx, gen.generate([prompts[i] for i in idx], params)):
+                parsed = parse_assistant(o["text"], open_thinking=think)
+                replies[i] = (o["text"], parsed)
+                if parsed["tool_calls"]:
+                    calls.append(i)
+                    convs[i] = convs[i] + [
+                        {"role": "assistant", "content": parsed["content"], "tool_calls": parsed["tool_calls"]},
+                        *({"role": "tool", "content": run_tool_call(c)} for c in parsed["tool_calls"])]
+        pending = calls
+        if not pending:
+            break
     fam = defaultdict(lambda: {"correct": 0, "total": 0})
     samples = []
     for r, (raw, parsed) in zip(records, replies):
