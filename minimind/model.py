@@ -321,6 +321,25 @@ def padded_mask(key_valid, T: int):
     return m[:, None]
 
 
+def segment_mask(segments):
+    """Positions and attention mask for rows that pack several sequences (SFT packing).
+
+    segments: (B, T) sequence index of each position within its row, -1 on padding.
+    Returns position_ids (B, T) restarting at 0 for every sequence, and a (B, 1, T, T) boolean
+    mask: causal and only within the same sequence (padding attends only itself).
+    """
+    B, T = segments.shape
+    idx = torch.arange(T, device=segments.device).expand(B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T)
+    position_ids = idx - first
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    mask = (same & causal) | torch.eye(T, dtype=torch.bool, device=segments.device)
+    return position_ids, mask[:, None]
+
+
 class Output(NamedTuple):
     logits: torch.Tensor  # (B, T, V)
     aux_loss: torch.Tensor | None  # MoE load-balancing loss (None for dense models)

@@ -117,7 +117,7 @@ def _expected_rows(data, max_len):
 @pytest.mark.parametrize("max_len", [256, 24])
 def test_sft_labels_follow_the_mask_and_cover_every_conversation(prepared, max_len):
     data = prepared["sft"]
-    loader = SFTLoader(data, batch_size=4, max_seq_len=max_len, seed=0)
+    loader = SFTLoader(data, batch_size=4, max_seq_len=max_len, seed=0, pack=False)
     expected = _expected_rows(data, max_len)
     seen, real, processed = 0, 0, 0
     for batch in take(loader, len(loader)):
@@ -141,7 +141,7 @@ def test_sft_bucketing_wastes_little_padding(prepared):
     data = prepared["sft"]
     lengths = data.docs.lengths()
     assert lengths.min() * 5 < lengths.max()  # the conversations really vary in length
-    loader = SFTLoader(data, batch_size=4, max_seq_len=256, seed=0)
+    loader = SFTLoader(data, batch_size=4, max_seq_len=256, seed=0, pack=False)
     assert loader.padding_efficiency >= 0.9
     assert loader.efficiency(epoch=3) >= 0.9
     rows = [b["input_ids"].shape[0] for b in take(loader, len(loader))]
@@ -151,6 +151,34 @@ def test_sft_bucketing_wastes_little_padding(prepared):
     groups = rng.permutation(len(lengths)).reshape(-1, 4)
     naive = (lengths[groups] - 1).sum() / (4 * (lengths[groups] - 1).max(axis=1)).sum()
     assert naive < loader.padding_efficiency - 0.1
+
+
+def test_sft_packing_covers_every_conversation_once_with_little_padding(prepared):
+    data = prepared["sft"]
+    max_len = 256
+    loader = SFTLoader(data, batch_size=4, max_seq_len=max_len, seed=0)
+    expected = _expected_rows(data, max_len)
+    real = processed = n_convs = 0
+    for batch in take(loader, len(loader)):
+        x, y, seg = batch["input_ids"], batch["labels"], batch["segments"]
+        assert x.shape[0] <= 4 and x.shape[1] <= max_len  # rows never exceed the budget
+        for row_x, row_y, row_s in zip(x.tolist(), y.tolist(), seg.tolist()):
+            for s in sorted(set(row_s) - {-1}):
+                cols = [i for i, v in enumerate(row_s) if v == s]
+                assert cols == list(range(cols[0], cols[-1] + 1))  # a conversation is contiguous
+                part_x = row_x[cols[0]:cols[-1] + 1]
+                part_y = row_y[cols[0]:cols[-1] + 1]
+                key = _find(part_x, expected)
+                assert len(key) == len(part_x) and part_y in expected[key]
+                expected[key].remove(part_y)
+                n_convs += 1
+            assert all(v == -100 for v, s in zip(row_y, row_s) if s == -1)  # padding never trained
+            real += sum(s != -1 for s in row_s)
+        processed += x.numel()
+        assert batch["n_tokens"].item() == (y != -100).sum().item()
+    assert n_convs == len(data.docs) and not any(expected.values())  # every conversation exactly once
+    assert real / processed == pytest.approx(loader.efficiency(0))
+    assert loader.efficiency(0) >= 0.9
 
 
 # ----------------------------------------------------------------------------- dpo

@@ -192,3 +192,21 @@ def test_all_presets_construct_configs():
     for name in PRESETS:
         cfg = get_preset(name)
         assert cfg.vocab_size == 6400
+
+
+def test_segment_mask_equals_separate_sequences():
+    """Two sequences packed in one row give exactly the logits of each run alone."""
+    from minimind.model import segment_mask
+
+    torch.manual_seed(5)
+    cfg = FAMILIES["qwen3"]
+    m = MiniMindForCausalLM(cfg).eval()
+    a, b = torch.randint(0, cfg.vocab_size, (1, 7)), torch.randint(0, cfg.vocab_size, (1, 5))
+    row = torch.cat([a, b, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # + 3 padding
+    seg = torch.tensor([[0] * 7 + [1] * 5 + [-1] * 3])
+    pos, mask = segment_mask(seg)
+    assert pos.tolist() == [list(range(7)) + list(range(5)) + [0, 1, 2]]
+    with torch.no_grad():
+        packed = m(row, position_ids=pos, mask=mask).logits
+        assert (packed[:, :7] - m(a).logits).abs().max() < 1e-5
+        assert (packed[:, 7:12] - m(b).logits).abs().max() < 1e-5

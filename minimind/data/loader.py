@@ -239,22 +239,82 @@ class _BucketLoader(_Loader):
         return self.efficiency()
 
 
+def _first_fit(order: np.ndarray, width: np.ndarray, capacity: int, open_rows: int = 16) -> list:
+    """Pack samples (in the given order) into rows of at most `capacity` tokens: each sample goes
+    into the first of the last `open_rows` rows with room, else starts a new row."""
+    rows, room = [], []
+    for i in order:
+        w = int(width[i])
+        for r in range(max(0, len(rows) - open_rows), len(rows)):
+            if room[r] >= w:
+                rows[r].append(i)
+                room[r] -= w
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - w)
+    return [np.array(r) for r in rows]
+
+
 class SFTLoader(_BucketLoader):
-    """Conversations cut to max_seq_len + 1 tokens; labels only where the mask says trained."""
+    """Conversations cut to max_seq_len + 1 tokens; labels only where the mask says trained.
+
+    pack=True (default): whole conversations, shuffled, are packed first-fit into rows of
+    max_seq_len tokens and batch_size rows make a batch. Every batch then mixes all kinds of
+    conversations (length-bucketing groups similar lengths, which in chat data means similar
+    *kinds* — a batch of only tool calls, then one of only greetings — and with few steps each
+    such batch drags the whole model its way). The batch carries `segments` (B, T): which
+    conversation of the row each position belongs to (-1 for padding), so the objective can keep
+    attention inside a conversation and restart positions at 0 for each. pack=False: the
+    length-bucketed batches of _BucketLoader.
+    """
 
     kind = "sft"
 
     def __init__(self, data: PreparedData, batch_size: int, max_seq_len: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pack: bool = True):
+        self.pack = pack
         super().__init__(data, batch_size, max_seq_len, seed, rank, world_size)
 
     def _parts(self) -> list:
         return [self.data.docs]
 
-    def _make_batch(self, idx: np.ndarray) -> dict:
-        rows = list(_rows(self.data.docs, idx, self.max_seq_len))
-        inputs, labels = _pad(rows, int(self.width[idx].max()), self.pad_id)
-        return {"input_ids": inputs, "labels": labels, "n_tokens": (labels != IGNORE).sum()}
+    def _settings(self) -> dict:
+        return {**super()._settings(), "pack": self.pack}
+
+    def _make_plan(self, rng):
+        if not self.pack:
+            return super()._make_plan(rng)
+        rows = _first_fit(rng.permutation(self.usable), self.width, self.max_seq_len)
+        return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+    def efficiency(self, epoch: int | None = None) -> float:
+        if not self.pack:
+            return super().efficiency(epoch)
+        real = processed = 0
+        for batch in self.plan(epoch):
+            widths = [int(self.width[r].sum()) for r in batch]
+            real += sum(widths)
+            processed += len(batch) * max(widths)
+        return real / processed
+
+    def _make_batch(self, entry) -> dict:
+        if not self.pack:
+            rows = list(_rows(self.data.docs, entry, self.max_seq_len))
+            inputs, labels = _pad(rows, int(self.width[entry].max()), self.pad_id)
+            return {"input_ids": inputs, "labels": labels, "n_tokens": (labels != IGNORE).sum()}
+        width = max(int(self.width[r].sum()) for r in entry)
+        inputs = np.full((len(entry), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(entry), width), IGNORE, dtype=np.int64)
+        segments = np.full((len(entry), width), -1, dtype=np.int64)
+        for b, row in enumerate(entry):
+            at = 0
+            for seg, (x, y) in enumerate(_rows(self.data.docs, row, self.max_seq_len)):
+                inputs[b, at:at + len(x)], labels[b, at:at + len(y)], segments[b, at:at + len(x)] = x, y, seg
+                at += len(x)
+        labels = torch.from_numpy(labels)
+        return {"input_ids": torch.from_numpy(inputs), "labels": labels, "segments": torch.from_numpy(segments),
+                "n_tokens": (labels != IGNORE).sum()}
 
 
 class DPOLoader(_BucketLoader):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..model import segment_mask
+
 IGNORE = -100
 
 
@@ -37,7 +39,11 @@ class LanguageModeling:
     name = "pretrain"
 
     def loss(self, model, batch):
-        out = model(batch["input_ids"])
+        if "segments" in batch:  # packed conversations: attend within each, positions from 0
+            position_ids, mask = segment_mask(batch["segments"])
+            out = model(batch["input_ids"], position_ids=position_ids, mask=mask)
+        else:
+            out = model(batch["input_ids"])
         loss = cross_entropy(out.logits, batch["labels"], batch.get("weights"))
         metrics = {"n_tokens": batch["n_tokens"]}
         if out.aux_loss is not None:
