@@ -63,17 +63,19 @@ def run_demo(args) -> dict:
                                   "--size", str(plan["size"])] + np))
     stage("tokenizer", lambda: _run(["tokenizer", "train", "--data", str(data / "pretrain.jsonl"),
                                      str(data / "sft.jsonl"), "--out", str(tok_dir)] + np))
-    common = ["--device", args.device, "--log-every", "20"] + np
+    common = ["--device", args.device] + np
     stage("pretrain", lambda: _run([
         "pretrain", "--data", str(data / "pretrain.jsonl"), "--eval-data", str(data / "eval/heldout_pretrain.jsonl"),
         "--tokenizer", str(tok_dir), "--preset", args.preset, "--out", str(out / "pretrain"),
         "--steps", str(plan["pretrain_steps"]), "--batch-size", str(plan["pretrain_bs"]),
         "--max-seq-len", str(plan["pretrain_seq"]), "--lr", str(plan["pretrain_lr"]),
+        "--log-every", str(max(1, plan["pretrain_steps"] // 20)),
         "--seed", str(args.seed)] + common))
     stage("sft", lambda: _run([
         "sft", "--data", str(data / "sft.jsonl"), "--init", str(out / "pretrain"), "--out", str(out / "sft"),
         "--steps", str(plan["sft_steps"]), "--batch-size", str(plan["sft_bs"]),
         "--max-seq-len", str(plan["sft_seq"]), "--lr", str(plan["sft_lr"]),
+        "--log-every", str(max(1, plan["sft_steps"] // 20)),
         "--seed", str(args.seed)] + common))
     results = {}
     stage("eval", lambda: results.update(_evaluate(out, data, plan, args)))
