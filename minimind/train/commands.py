@@ -116,7 +116,7 @@ def cmd_dpo(args):
     if held_out is not None:
         after = preference_accuracy(model, held_out)
         line += f"; held-out preference accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}"
-    print(line + f"; checkpoint: {args.out}/checkpoint")
+    print(line + f"; {m['elapsed_s']:.0f} s; checkpoint: {args.out}/checkpoint")
 
 
 def add_dpo_command(sub) -> None:
