@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -146,6 +147,13 @@ def add_sampling_args(p):
                    help="open a <think> block before answering (adaptive thinking switch)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp32")
+    add_quantize_arg(g)
+
+
+def add_quantize_arg(g):
+    g.add_argument("--quantize", default="none", choices=["none", "int8"],
+                   help="int8: int8 weights for the linear layers, ~2x faster batch-1 decoding on CPU "
+                        "(see bench/RESULTS.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,20 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pin_malloc_threshold() -> None:
     """glibc raises its mmap threshold each time a large block is freed, after which tensors of
-    changing shapes (SFT batches, generation) are carved from the heap and fragment it: resident
-    memory grew ~60 MB per SFT step without this. A fixed threshold returns big blocks to the OS."""
+    changing shapes (DPO's length-bucketed batches, a server's requests) are carved from the heap
+    and fragment it: resident memory grew ~60 MB per step of variable-shape batches. A fixed
+    threshold returns big blocks to the OS, at a price: every large tensor is then a fresh mmap
+    whose pages the kernel zeroes, which cost 26% of pretraining and ~50% of packed-SFT throughput
+    (bench/RESULTS.md). So only commands whose shapes vary set `varying_shapes` and pin it;
+    pretraining and packed SFT have fixed shapes and keep glibc's default.
+    MINIMIND_MMAP_THRESHOLD=BYTES overrides the threshold (0: never pin)."""
     import ctypes
 
+    threshold = int(os.environ.get("MINIMIND_MMAP_THRESHOLD", 1 << 17))
+    if threshold <= 0:
+        return
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD = 128 KiB
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to do
 
 
 def main(argv=None) -> int:
-    _pin_malloc_threshold()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "varying_shapes", False):
+        _pin_malloc_threshold()
     try:
         args.func(args)
     except UserError as e:

@@ -126,7 +126,8 @@ def add_dpo_command(sub) -> None:
     p = sub.add_parser("dpo", help="direct preference optimization on (chosen, rejected) pairs")
     add_train_args(p, "sft")
     # DPO nudges an SFT model: a small lr; pairs are short, so a moderate batch
-    p.set_defaults(func=cmd_dpo, lr=2e-5, batch_size=16, warmup=10, weight_decay=0.0)
+    p.set_defaults(func=cmd_dpo, lr=2e-5, batch_size=16, warmup=10, weight_decay=0.0,
+                   varying_shapes=True)  # length-bucketed batches: see cli._pin_malloc_threshold
     g = p.add_argument_group("dpo")
     g.add_argument("--beta", type=float, default=0.1, help="KL strength: how far from the reference (default 0.1)")
     g.add_argument("--sft-weight", type=float, default=0.0, help="add this times the SFT loss on chosen answers")
