@@ -383,4 +383,4 @@ class MiniMindForCausalLM(nn.Module):
 
     @property
     def device(self):
-        return self.lm_head.weight.device
+        return self.model.embed_tokens.weight.device

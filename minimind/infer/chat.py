@@ -60,7 +60,7 @@ def stream_reply(gen: Generator, messages: list[dict], params: SamplingParams, t
 
 def chat_loop(args) -> None:
     params = sampling_from_args(args)
-    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype)
+    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype, getattr(args, "quantize", "none"))
     gen = Generator(model, tok)
     think = args.think == "on"
     system = args.system
@@ -103,7 +103,7 @@ def chat_loop(args) -> None:
 
 def generate_once(args) -> None:
     params = sampling_from_args(args)
-    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype)
+    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype, getattr(args, "quantize", "none"))
     gen = Generator(model, tok)
     if args.raw:
         ids = tok.encode(args.prompt)

@@ -248,8 +248,11 @@ def _find_stop(text: str, stops: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def load_for_inference(checkpoint, device: str = "auto", dtype: str = "auto"):
-    """(model, tokenizer) on the best device, in bf16 where that is fast (else fp32)."""
+def load_for_inference(checkpoint, device: str = "auto", dtype: str = "auto", quantize: str = "none"):
+    """(model, tokenizer) on the best device, in bf16 where that is fast (else fp32).
+
+    quantize="int8" stores the linear layers' weights in int8 (CPU; see infer/quant.py).
+    """
     from ..checkpoint import load_checkpoint
     from ..train.engine import pick_device
 
@@ -263,4 +266,7 @@ def load_for_inference(checkpoint, device: str = "auto", dtype: str = "auto"):
         dt = table[dtype]
         if dt == torch.float16 and dev.type == "cpu":
             raise UserError("--dtype fp16 on CPU is ~100x slower than bf16; use bf16 or fp32", param="dtype")
-    return load_checkpoint(checkpoint, device=dev, dtype=dt)
+    from .quant import apply_quantization
+
+    model, tok = load_checkpoint(checkpoint, device=dev, dtype=dt)
+    return apply_quantization(model, quantize), tok

@@ -874,9 +874,12 @@ def build_server(args):
         raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    from .quant import apply_quantization
+
     model, tok = load_for_inference(args.checkpoint, args.device, args.dtype)
     if args.lora:
         model = _apply_lora(model, args.lora)
+    model = apply_quantization(model, getattr(args, "quantize", "none"))  # after merging the adapter
     app = create_app(model, tok, model_name=args.model_name, api_key=args.api_key, max_batch=args.max_batch)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=getattr(args, "log_level", "info"))
     return uvicorn.Server(config)
