@@ -1,6 +1,6 @@
 """Speedrun: wall time for a model to reach a fixed held-out loss from scratch on the built-in corpus.
 
-    python bench/speedrun.py [--preset nano] [--target 2.2] [--variants fp32,bf16,bf16-wsd,bf16-wsd-muon]
+    python bench/speedrun.py [--preset nano] [--target 1.2] [--variants fp32,bf16,bf16-wsd,bf16-wsd-muon]
 
 Every variant runs the real `minimind pretrain` command (subprocess) on the same corpus (seed 0,
 size 1), tokenizer, batch (32 x 256 tokens) and seed, evaluating the held-out loss every
@@ -65,8 +65,8 @@ def run(variant: str, args) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="nano")
-    ap.add_argument("--target", type=float, default=2.2, help="held-out loss to reach")
-    ap.add_argument("--max-steps", type=int, default=400)
+    ap.add_argument("--target", type=float, default=1.2, help="held-out loss to reach")
+    ap.add_argument("--max-steps", type=int, default=300, help="the schedule's length; stop early at --target")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--variants", default="fp32,bf16,bf16-wsd,bf16-wsd-muon")
     args = ap.parse_args()

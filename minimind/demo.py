@@ -19,10 +19,10 @@ from pathlib import Path
 from .errors import UserError
 
 # steps and batch sizes tuned so the default demo fits in ~10 minutes on 2 CPU cores
-# Sized from a full run on 2 cores (2.4 s per pretraining step of 32 x 256 tokens, 1.7 s per packed
-# SFT step of 16 x 320): 140 + 115 steps come to about 9 minutes with the other stages.
-FULL = dict(size=1.0, pretrain_steps=140, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
-            sft_steps=115, sft_bs=16, sft_seq=320, sft_lr=5e-4, eval_limit=None)
+# Sized from timed runs on 2 cores (~1.75 s per pretraining step of 32 x 256 tokens, ~0.9 s per packed
+# SFT step of 16 x 320): 200 + 150 steps come to about 8.5 minutes with the other stages.
+FULL = dict(size=1.0, pretrain_steps=200, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
+            sft_steps=150, sft_bs=16, sft_seq=320, sft_lr=5e-4, eval_limit=None)
 # About 35 minutes on 2 cores: the pretrained model then answers 81% of held-out fact questions and
 # 99% of held-out two-digit additions (Q/A probe), against 31% / 2% after the 10-minute plan.
 LONG = dict(size=1.0, pretrain_steps=1200, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
