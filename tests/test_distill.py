@@ -122,3 +122,30 @@ def test_cli_distill_loss_decreases(corpus, tok, tmp_path):
     assert mean("kl", last) < 0.75 * mean("kl", first)
     run = json.loads((tmp_path / "run" / "checkpoint" / "run.json").read_text())
     assert run["stage"] == "distill" and run["train"]["extra"]["temperature"] == 2.0
+
+
+def test_packed_rows_are_seen_one_conversation_at_a_time(tok):
+    """SFT packs several conversations per row: teacher and student must see each one alone
+    (positions from 0, no attention across them), exactly as if it were its own row."""
+    from minimind.train.pretrain import LanguageModeling, packed_inputs
+
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randint(3, tok.vocab_size, (7,), generator=g), torch.randint(3, tok.vocab_size, (9,), generator=g)
+    ids = torch.cat([a, b])[None]  # (1, 16): two sequences in one row
+    segments = torch.tensor([[0] * 7 + [1] * 9])
+    labels = torch.cat([a[1:], torch.tensor([-100]), b[1:], torch.tensor([-100])])[None]
+    packed = {"input_ids": ids, "labels": labels, "segments": segments, "n_tokens": (labels != -100).sum()}
+    teacher, student = tiny(tok, seed=1), tiny(tok, seed=2)
+    d = Distillation(teacher, alpha=0.5, temperature=2.0)
+    keep = labels != -100
+    got = d.teacher_logits(ids, keep, packed_inputs(packed))  # (14, V)
+    with torch.no_grad():
+        alone = torch.cat([teacher(a[None]).logits[0, :-1], teacher(b[None]).logits[0, :-1]])  # (14, V)
+    torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-5)
+    student.eval()
+    with torch.no_grad():
+        ce_distill = d.loss(student, packed)[0]
+        ce_sft = LanguageModeling().loss(student, packed)[0]
+        nll = torch.cat([F.cross_entropy(student(x[None]).logits[0, :-1], x[1:], reduction="none") for x in (a, b)])
+    assert ce_distill.item() == pytest.approx(ce_sft.item(), rel=1e-5)
+    assert ce_distill.item() == pytest.approx(nll.mean().item(), rel=1e-5)

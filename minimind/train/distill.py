@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .dpo import freeze
-from .pretrain import IGNORE
+from .pretrain import IGNORE, packed_inputs
 
 
 def distill_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
@@ -64,20 +64,24 @@ class Distillation:
         return self
 
     @torch.inference_mode()
-    def teacher_logits(self, input_ids, keep):
-        """Teacher logits at the trained positions only: input_ids (B, T), keep (B, T) -> (N, V)."""
-        h, _ = self.teacher.model(input_ids)  # (B, T, d) final hidden states
+    def teacher_logits(self, input_ids, keep, packed: dict):
+        """Teacher logits at the trained positions only: input_ids (B, T), keep (B, T) -> (N, V).
+
+        `packed`: positions and mask of packed rows (the teacher sees each conversation alone too).
+        """
+        h, _ = self.teacher.model(input_ids, packed.get("position_ids"), packed.get("mask"))  # (B, T, d)
         return self.teacher.lm_head(h[keep])  # (N, V)
 
     def loss(self, model, batch):
         labels = batch["labels"]  # (B, T), IGNORE outside the assistant's tokens
         keep = labels != IGNORE  # (B, T)
-        out = model(batch["input_ids"])  # student logits (B, T, V)
+        packed = packed_inputs(batch)
+        out = model(batch["input_ids"], **packed)  # student logits (B, T, V)
         if not model.training:  # held-out evaluation: the plain CE, comparable with SFT (see above)
             ce = F.cross_entropy(out.logits[keep].float(), labels[keep])
             return ce, {"n_tokens": batch["n_tokens"], "ce": ce.detach()}
         # clone: an inference-mode tensor cannot be saved for the backward pass of the KL
-        t_logits = self.teacher_logits(batch["input_ids"], keep).clone()  # (N, V)
+        t_logits = self.teacher_logits(batch["input_ids"], keep, packed).clone()  # (N, V)
         loss, ce, kl = distill_loss(out.logits[keep], t_logits, labels[keep], self.alpha, self.temperature)
         metrics = {"n_tokens": batch["n_tokens"], "ce": ce.detach(), "kl": kl.detach()}
         if out.aux_loss is not None:  # MoE load balancing

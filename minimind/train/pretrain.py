@@ -33,17 +33,22 @@ def cross_entropy(logits, labels, weights=None):
     return (nll * w).sum() / w.sum().clamp(min=1)
 
 
+def packed_inputs(batch) -> dict:
+    """Model keyword arguments for packed rows: positions restarting at 0 and an attention mask
+    that keeps each packed conversation to itself (nothing for plain rows)."""
+    if "segments" not in batch:
+        return {}
+    position_ids, mask = segment_mask(batch["segments"])
+    return {"position_ids": position_ids, "mask": mask}
+
+
 class LanguageModeling:
     """loss(model, batch) = CE(model(input_ids), labels) (+ MoE aux loss)."""
 
     name = "pretrain"
 
     def loss(self, model, batch):
-        if "segments" in batch:  # packed conversations: attend within each, positions from 0
-            position_ids, mask = segment_mask(batch["segments"])
-            out = model(batch["input_ids"], position_ids=position_ids, mask=mask)
-        else:
-            out = model(batch["input_ids"])
+        out = model(batch["input_ids"], **packed_inputs(batch))
         loss = cross_entropy(out.logits, batch["labels"], batch.get("weights"))
         metrics = {"n_tokens": batch["n_tokens"]}
         if out.aux_loss is not None:
