@@ -7,6 +7,7 @@ shows up here.
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -240,11 +241,17 @@ def test_sums_and_tool_results_are_correct(synth):
                     assert int(a) + int(b) == int(c), (name, s)
                     n += 1
     assert n > 1000
+    kinds = Counter()
     for r in recs["dpo"]:
-        for a, b, c in EQUATION.findall(r["chosen"][1]["content"]):
+        chosen = EQUATION.findall(r["chosen"][1]["content"])
+        for a, b, c in chosen:
             assert int(a) + int(b) == int(c)
         for a, b, c in EQUATION.findall(r["rejected"][1]["content"]):
-            assert int(a) + int(b) != int(c)
+            # a wrong sum of the asked addends, or a true sum of a mis-copied addend
+            wrong_sum, miscopied = int(a) + int(b) != int(c), (a, b) != chosen[0][:2]
+            assert wrong_sum != miscopied, r
+            kinds[wrong_sum] += 1
+    assert min(kinds.values()) > 0.3 * sum(kinds.values())  # both kinds of mistake, about half each
     calls = 0
     for r in recs["sft"]:
         msgs = r["conversations"]

@@ -9,7 +9,7 @@ MiniMind JSONL formats:
     sft.jsonl                 {"conversations"}: identity, fact QA, addition, calculator tool
                               calls, stories, multi-turn; ~15% with reasoning_content
     reason.jsonl              every assistant turn has reasoning_content (distillation)
-    dpo.jsonl                 {"chosen", "rejected"}: a correct and a wrong answer
+    dpo.jsonl                 {"chosen", "rejected"}: a correct answer and a typical mistake
     rlaif.jsonl               {"conversations", "gt"}: prompts with a verifiable answer
     agent_rl.jsonl            {"conversations", "gt"}: calculator tasks for agentic RL
     lora_identity.jsonl       a new identity ("Lumen") mixed with ordinary QA
@@ -1128,18 +1128,43 @@ def _wrong_sum(rng: random.Random, a: int, b: int) -> int:
 
 
 def _dpo_fact(g: Gen, rng: random.Random, f: Fact, lang: str) -> dict:
-    others = [s for s in g.by_table[f.subj.table]
-              if s is not f.subj and str(s.slots[f.rel.answer[0]]) != f.short("en")
-              and (not f.rel.needs or s.slots[f.rel.needs])]
+    """The right answer against one of the two mistakes a small model makes: the right subject
+    with a wrong value, or a true sentence about another subject (the question's subject not
+    carried through to the answer)."""
     q = f.question(lang, rng)
-    wrong = f.with_answer_of(rng.choice(others), lang)
+    if rng.random() < 0.5:
+        others = [s for s in g.by_table[f.subj.table]
+                  if s is not f.subj and str(s.slots[f.rel.answer[0]]) != f.short("en")
+                  and (not f.rel.needs or s.slots[f.rel.needs])]
+        wrong = f.with_answer_of(rng.choice(others), lang)
+    else:
+        others = [h for h in g.train_facts if h.rel.name == f.rel.name and h.subj is not f.subj
+                  and h.answer_sentence(lang) != f.answer_sentence(lang)]
+        wrong = rng.choice(others).answer_sentence(lang)
     return {"chosen": [user(q), assistant(f.answer_sentence(lang))], "rejected": [user(q), assistant(wrong)]}
 
 
-def _dpo_add(rng: random.Random, a: int, b: int, lang: str) -> dict:
+def _slip(rng: random.Random, n: int) -> int:
+    """n with one digit changed (never a leading zero)."""
+    digits = list(str(n))
+    i = rng.randrange(len(digits))
+    digits[i] = rng.choice([d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0")])
+    return int("".join(digits))
+
+
+def _dpo_add(g: Gen, rng: random.Random, a: int, b: int, lang: str) -> dict:
+    """The right sum against a wrong sum of the right addends, or against a correct sum of a
+    mis-copied addend ("47 + 50 = 97." for 47 + 49): both are mistakes small models make."""
     q = rng.choice(ADD_Q[lang == "zh"]).format(a=a, b=b)
-    bad = _wrong_sum(rng, a, b)
-    wrong = f"{a} + {b} = {bad}" + ("." if lang == "en" else "。")
+    if rng.random() < 0.5:
+        x, y, total = a, b, _wrong_sum(rng, a, b)
+    else:
+        while True:
+            x, y = (_slip(rng, a), b) if rng.random() < 0.5 else (a, _slip(rng, b))
+            if g.allowed(x, y):  # the rejected sum is a true equation: keep held-out pairs out of it
+                break
+        total = x + y
+    wrong = f"{x} + {y} = {total}" + ("." if lang == "en" else "。")
     return {"chosen": [user(q), assistant(add_answer(a, b, lang))], "rejected": [user(q), assistant(wrong)]}
 
 
@@ -1153,7 +1178,7 @@ def build_dpo(g: Gen, n: int) -> list[tuple[str, dict]]:
         if r < 0.5:
             out.append(("fact", _dpo_fact(g, rng, g.train_fact(rng), lang)))
         elif r < 0.9:
-            out.append(("add", _dpo_add(rng, *g.add_pair(rng), lang)))
+            out.append(("add", _dpo_add(g, rng, *g.add_pair(rng), lang)))
         else:
             good = chat.identity_qa(lang)
             bad = [good[0], assistant(rng.choice(WRONG_IDENTITY[lang == "zh"]))]
@@ -1318,7 +1343,7 @@ def _subsample(rng: random.Random, fam: dict, frac: float, floor: int) -> list[t
 def build_heldout_dpo(g: Gen, frac: float) -> list[tuple[str, dict]]:
     rng = g.rng("heldout_dpo")
     fam = {"fact": [_dpo_fact(g, rng, f, _lang(rng)) for f in g.held_facts],
-           "add": [_dpo_add(rng, a, b, _lang(rng)) for a, b in rng.sample(sorted(g.split.add_pairs), 60)]}
+           "add": [_dpo_add(g, rng, a, b, _lang(rng)) for a, b in rng.sample(sorted(g.split.add_pairs), 60)]}
     return _subsample(rng, fam, frac, floor=12)
 
 
