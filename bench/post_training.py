@@ -8,7 +8,8 @@ CLI command (printed); the evaluations run in-process on held-out files no train
 
     lora     `minimind lora` on lora_identity.jsonl (the new identity "Lumen" mixed with ordinary QA)
              -> identity accuracy on eval/heldout_lora_identity.jsonl, task accuracy on
-             eval/heldout.jsonl before and after, adapter size as a share of the base weights
+             eval/heldout.jsonl (fact, add, tool: the identity family asks for the old name) before
+             and after, adapter size as a share of the base weights
     dpo      `minimind dpo` on dpo.jsonl -> preference accuracy on eval/heldout_dpo.jsonl before and
              after (the policy gives the chosen answer the higher log-prob), task accuracy before/after
     distill  the same student (RUN/pretrain), data and steps: `minimind sft` vs `minimind distill`
@@ -54,8 +55,9 @@ def accuracies(res: dict) -> dict:
     return {k: round(v["accuracy"], 4) for k, v in res["families"].items()}
 
 
-def overall(res: dict) -> float:
-    fam = res["families"].values()
+def overall(res: dict, skip: tuple = ()) -> float:
+    """Accuracy over all held-out questions of the families not in `skip`."""
+    fam = [v for k, v in res["families"].items() if k not in skip]
     return sum(v["correct"] for v in fam) / sum(v["total"] for v in fam)
 
 
@@ -85,7 +87,8 @@ def exp_lora(run: Path, work: Path, args) -> dict:
     return {"steps": args.lora_steps, "train_s": round(wall, 1),
             "identity_lumen_before": overall(before_id), "identity_lumen_after": overall(after_id),
             "tasks_before": accuracies(before), "tasks_after": accuracies(after),
-            "task_acc_before": overall(before), "task_acc_after": overall(after),
+            # the identity family asks for the old name, which the adapter replaces on purpose
+            "task_acc_before": overall(before, skip=("identity",)), "task_acc_after": overall(after, skip=("identity",)),
             "adapter_share_of_base": round(size, 4), "identity_samples": samples}
 
 
@@ -103,11 +106,13 @@ def exp_dpo(run: Path, work: Path, args) -> dict:
     before = tasks(base, tok, data / "eval/heldout.jsonl")
     wall = cli("dpo", "--init", run / "sft", "--data", data / "dpo.jsonl", "--out", work / "dpo",
                "--steps", args.dpo_steps, "--batch-size", 16, "--lr", args.dpo_lr, "--beta", 0.1,
+               "--sft-weight", args.dpo_sft_weight,
                "--seed", 0, "--no-progress")
     tuned, _ = load(work / "dpo")
     pref_after = preference_accuracy(tuned, held)
     after = tasks(tuned, tok, data / "eval/heldout.jsonl")
-    return {"steps": args.dpo_steps, "lr": args.dpo_lr, "train_s": round(wall, 1), "pairs": pref_before["pairs"],
+    return {"steps": args.dpo_steps, "lr": args.dpo_lr, "sft_weight": args.dpo_sft_weight, "train_s": round(wall, 1),
+            "pairs": pref_before["pairs"],
             "pref_acc_before": pref_before["accuracy"], "pref_acc_after": pref_after["accuracy"],
             "logp_chosen": [pref_before["logp_chosen"], pref_after["logp_chosen"]],
             "logp_rejected": [pref_before["logp_rejected"], pref_after["logp_rejected"]],
@@ -124,14 +129,19 @@ def exp_distill(run: Path, work: Path, args) -> dict:
     common = ["--init", run / "pretrain", "--data", train, "--eval-data", held, "--steps", args.distill_steps,
               "--batch-size", 16, "--max-seq-len", 320, "--lr", 5e-4, "--eval-every", args.distill_eval_every,
               "--eval-batches", 16, "--seed", 0, "--no-progress"]
-    walls = {"sft": cli("sft", "--out", work / "student_sft", *common),
-             "distill": cli("distill", "--teacher", run / "sft", "--alpha", 0.5, "--temperature", 2.0,
-                            "--out", work / "student_distill", *common)}
+    dirs = {"sft": work / "student_sft", "distill": work / ("student_distill" + (f"_{args.tag}" if args.tag else ""))}
+    baseline = dirs["sft"] / "metrics.jsonl"  # same settings as a finished run: reuse it
+    done = baseline.is_file() and any(json.loads(x).get("step") == args.distill_steps and "eval_loss" in x
+                                      for x in open(baseline))
+    walls = {"sft": None if done else cli("sft", "--out", dirs["sft"], *common),
+             "distill": cli("distill", "--teacher", run / "sft", "--alpha", args.distill_alpha,
+                            "--temperature", args.distill_temperature, "--out", dirs["distill"], *common)}
     curves = {}
-    for name in ("sft", "distill"):
-        rows = [json.loads(x) for x in open(work / f"student_{name}" / "metrics.jsonl")]
+    for name, d in dirs.items():
+        rows = [json.loads(x) for x in open(d / "metrics.jsonl")]
         curves[name] = [(r["step"], round(r["eval_loss"], 4)) for r in rows if "eval_loss" in r]
-    return {"steps": args.distill_steps, "train_s": {k: round(v, 1) for k, v in walls.items()},
+    return {"steps": args.distill_steps, "alpha": args.distill_alpha, "temperature": args.distill_temperature,
+            "train_s": {k: round(v, 1) for k, v in walls.items() if v is not None},
             "final_eval_ce": {k: v[-1][1] for k, v in curves.items()}, "curves": curves}
 
 
@@ -167,11 +177,15 @@ def main():
     ap.add_argument("run", type=Path, help="a `minimind demo` output directory (data/, pretrain/, sft/)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".cache" / "post_training")
     ap.add_argument("--only", default="lora,dpo,distill,reason")
-    ap.add_argument("--lora-steps", type=int, default=120)
+    ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--dpo-steps", type=int, default=100)
-    ap.add_argument("--dpo-lr", type=float, default=2e-5)
+    ap.add_argument("--dpo-lr", type=float, default=3e-5)
+    ap.add_argument("--dpo-sft-weight", type=float, default=1.0, help="SFT loss on the chosen answers, mixed in")
     ap.add_argument("--distill-steps", type=int, default=80)
     ap.add_argument("--distill-eval-every", type=int, default=10)
+    ap.add_argument("--distill-alpha", type=float, default=0.5)
+    ap.add_argument("--distill-temperature", type=float, default=2.0)
+    ap.add_argument("--tag", default="", help="store the results as NAME:TAG (to keep several settings)")
     ap.add_argument("--reason-steps", type=int, default=150)
     args = ap.parse_args()
     for sub in ("data", "pretrain", "sft"):
@@ -182,8 +196,14 @@ def main():
     torch.manual_seed(0)
     results = {}
     for name in args.only.split(","):
-        results[name] = EXPERIMENTS[name](args.run, args.work, args)
-        print(json.dumps({name: results[name]}, ensure_ascii=False), flush=True)
+        key = f"{name}:{args.tag}" if args.tag else name
+        results[key] = EXPERIMENTS[name](args.run, args.work, args)
+        print(json.dumps({key: results[key]}, ensure_ascii=False), flush=True)
+    prev = ROOT / "bench" / "post_training.json"  # a partial run (--only) updates the other results in place
+    if prev.is_file() and args.only != ap.get_default("only"):
+        old = json.loads(prev.read_text())
+        if old.get("run") == str(args.run):
+            results = {**old["results"], **results}
     write_json("post_training", {"machine": machine(), "run": str(args.run), "results": results})
     r = results
     if "lora" in r:

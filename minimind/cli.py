@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=96)
     s.add_argument("--device", default="auto")
     s.add_argument("--json", help="also write the results to this JSON file")
+    add_quantize_arg(s)
     s.set_defaults(func=cmd_eval_tasks)
 
     # commands that live next to their code: each module has add_commands(subparsers)

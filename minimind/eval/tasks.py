@@ -106,7 +106,7 @@ def run_eval_tasks(args) -> dict:
     from ..infer.generate import load_for_inference
 
     records = load_heldout(args.data, args.limit)
-    model, tok = load_for_inference(args.checkpoint, args.device)
+    model, tok = load_for_inference(args.checkpoint, args.device, quantize=getattr(args, "quantize", "none"))
     res = evaluate_tasks(model, tok, records, think=args.think == "on", batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, progress=True)
     print(format_table(res))
