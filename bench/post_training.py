@@ -61,6 +61,13 @@ def overall(res: dict, skip: tuple = ()) -> float:
     return sum(v["correct"] for v in fam) / sum(v["total"] for v in fam)
 
 
+def finished(run_dir: Path, steps: int) -> bool:
+    """True when run_dir holds a finished run of `steps` steps (reused instead of retrained)."""
+    m = run_dir / "metrics.jsonl"
+    return m.is_file() and (run_dir / "checkpoint").is_dir() and any(
+        json.loads(x).get("step") == steps for x in open(m))
+
+
 def load(path):
     from minimind.infer.generate import load_for_inference
 
@@ -130,10 +137,7 @@ def exp_distill(run: Path, work: Path, args) -> dict:
               "--batch-size", 16, "--max-seq-len", 320, "--lr", 5e-4, "--eval-every", args.distill_eval_every,
               "--eval-batches", 16, "--seed", 0, "--no-progress"]
     dirs = {"sft": work / "student_sft", "distill": work / ("student_distill" + (f"_{args.tag}" if args.tag else ""))}
-    baseline = dirs["sft"] / "metrics.jsonl"  # same settings as a finished run: reuse it
-    done = baseline.is_file() and any(json.loads(x).get("step") == args.distill_steps and "eval_loss" in x
-                                      for x in open(baseline))
-    walls = {"sft": None if done else cli("sft", "--out", dirs["sft"], *common),
+    walls = {"sft": None if finished(dirs["sft"], args.distill_steps) else cli("sft", "--out", dirs["sft"], *common),
              "distill": cli("distill", "--teacher", run / "sft", "--alpha", args.distill_alpha,
                             "--temperature", args.distill_temperature, "--out", dirs["distill"], *common)}
     curves = {}
@@ -154,11 +158,12 @@ def well_formed(sample: dict, think: bool) -> bool:
 
 def exp_reason(run: Path, work: Path, args) -> dict:
     data = run / "data"
-    wall = cli("sft", "--reasoning", "--think-weight", 10, "--init", run / "sft", "--data", data / "reason.jsonl",
-               "--out", work / "reason", "--steps", args.reason_steps, "--batch-size", 16, "--max-seq-len", 384,
-               "--lr", 5e-4, "--seed", 0, "--no-progress")
+    wall = None if finished(work / "reason", args.reason_steps) else cli(
+        "sft", "--reasoning", "--think-weight", 10, "--init", run / "sft", "--data", data / "reason.jsonl",
+        "--out", work / "reason", "--steps", args.reason_steps, "--batch-size", 16, "--max-seq-len", 384,
+        "--lr", 5e-4, "--seed", 0, "--no-progress")
     model, tok = load(work / "reason")
-    out = {"steps": args.reason_steps, "train_s": round(wall, 1)}
+    out = {"steps": args.reason_steps, "train_s": round(wall, 1) if wall else "reused"}
     for mode in ("on", "off"):
         res = tasks(model, tok, data / "eval/heldout.jsonl", think=mode == "on", max_new_tokens=256)
         s = [x for x in res["samples"] if x["family"] != "tool"]  # tool replies are calls, judged by accuracy

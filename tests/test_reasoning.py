@@ -65,3 +65,28 @@ def test_reasoning_weight_on_think_tags(tok):
     assert weighted.item() == pytest.approx(want.item(), rel=1e-5)
     assert plain.item() == pytest.approx(nll.mean().item(), rel=1e-5)
     assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_think_off_never_samples_the_think_tags(tok):
+    """Adaptive thinking, off: the prompt closed an empty think block and the tags cannot be sampled,
+    even by a model that would most like to open a new one."""
+    from minimind.infer.generate import SamplingParams, sample_next, think_suppression
+    from minimind.infer.server import parse_chat_request
+
+    off, on = think_suppression(tok, False), think_suppression(tok, True)
+    assert set(off) == {tok.think_id, tok.end_think_id} and on == ()
+    logits = torch.zeros(4, tok.vocab_size)
+    logits[:, tok.think_id] = 50.0  # the tags are by far the most likely next tokens
+    logits[:, tok.end_think_id] = 49.0
+    assert (sample_next(logits, SamplingParams(temperature=0)) == tok.think_id).all()
+    greedy = sample_next(logits, SamplingParams(temperature=0, suppress_ids=off))
+    assert not set(greedy.tolist()) & set(off)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        drawn = sample_next(logits, SamplingParams(temperature=1.5, top_p=1.0, suppress_ids=off), generator=g)
+        assert not set(drawn.tolist()) & set(off)
+    # the server applies it per request: off by default, not when thinking is enabled
+    msgs = [{"role": "user", "content": "hi"}]
+    assert parse_chat_request({"messages": msgs}, tok, 512).params.suppress_ids == off
+    req = parse_chat_request({"messages": msgs, "chat_template_kwargs": {"enable_thinking": True}}, tok, 512)
+    assert req.params.suppress_ids == ()

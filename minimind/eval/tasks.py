@@ -53,13 +53,13 @@ def evaluate_tasks(model, tok, records: list[dict], think: bool = False, batch_s
     """-> {"families": {family: {"correct", "total", "accuracy"}}, "samples": [...]}"""
     from tqdm.auto import tqdm
 
-    from ..infer.generate import Generator, SamplingParams
+    from ..infer.generate import Generator, SamplingParams, think_suppression
     from ..infer.parse import parse_assistant
     from ..infer.tools import run_tool_call
     from ..tokenizer import render_chat
 
     gen = Generator(model, tok)
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, suppress_ids=think_suppression(tok, think))
     convs = [list(r["conversations"]) for r in records]
     replies = [None] * len(records)
     pending = list(range(len(records)))

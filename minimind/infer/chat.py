@@ -6,11 +6,12 @@ dimmed), and understands a few commands: /think on|off, /reset, /system TEXT, /e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 from ..errors import UserError
-from .generate import Generator, SamplingParams, load_for_inference
+from .generate import Generator, SamplingParams, load_for_inference, think_suppression
 
 DIM, RESET = "\033[2m", "\033[0m"
 HELP = "commands: /think on|off  /reset  /system TEXT  /exit   (Ctrl-D also exits)"
@@ -47,6 +48,7 @@ def stream_reply(gen: Generator, messages: list[dict], params: SamplingParams, t
                 out.write(value)
             out.flush()
 
+    params = dataclasses.replace(params, suppress_ids=think_suppression(gen.tok, think))
     for delta in gen.stream(ids, params):
         show(parser.feed(delta))
     show(parser.flush())

@@ -36,6 +36,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
     seed: int | None = None
+    suppress_ids: tuple[int, ...] = ()  # never sampled, e.g. <think> and </think> with thinking off
 
     def validate(self) -> "SamplingParams":
         def bad(name, msg):
@@ -71,6 +72,8 @@ class SamplingParams:
 def sample_next(logits, params: SamplingParams, seen=None, generator=None):
     """logits (B, V) float -> next token ids (B,). `seen` (B, V) bool marks tokens already present."""
     z = logits.float()
+    if params.suppress_ids:
+        z = z.index_fill(-1, torch.tensor(params.suppress_ids, device=z.device), float("-inf"))
     if seen is not None and params.repetition_penalty != 1.0:
         p = params.repetition_penalty
         z = torch.where(seen, torch.where(z > 0, z / p, z * p), z)
@@ -87,6 +90,14 @@ def sample_next(logits, params: SamplingParams, seen=None, generator=None):
         sz = sz.masked_fill(drop, float("-inf"))
         z = torch.full_like(z, float("-inf")).scatter(-1, si, sz)
     return torch.multinomial(z.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def think_suppression(tok, think: bool) -> tuple[int, ...]:
+    """The think tags' ids when thinking is off: the prompt already closed an empty think block,
+    so the adaptive-thinking switch guarantees no think text by never sampling the tags."""
+    if think:
+        return ()
+    return tuple(i for i in (tok.think_id, tok.end_think_id) if i is not None)
 
 
 def inference_dtype(device) -> torch.dtype:

@@ -62,7 +62,7 @@ import torch
 
 from ..errors import UserError
 from ..model import KVCache
-from .generate import SamplingParams, _find_stop, sample_next
+from .generate import SamplingParams, _find_stop, sample_next, think_suppression
 from .parse import END_TOOL_CALL, TOOL_CALL, StreamParser, parse_assistant
 
 log = logging.getLogger("minimind.serve")
@@ -574,8 +574,9 @@ def parse_chat_request(body, tok, limit: int) -> ChatRequest:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options", "expected an object")
-    return ChatRequest(ids, _sampling(body, len(ids), limit), stream, _flag(options, "include_usage"), think,
-                       tools_enabled)
+    params = _sampling(body, len(ids), limit)
+    params.suppress_ids = think_suppression(tok, think)
+    return ChatRequest(ids, params, stream, _flag(options, "include_usage"), think, tools_enabled)
 
 
 # ============================================================================ response building
