@@ -152,7 +152,7 @@ def add_sampling_args(p):
 
 def add_quantize_arg(g):
     g.add_argument("--quantize", default="none", choices=["none", "int8"],
-                   help="int8: int8 weights for the linear layers, ~2x faster batch-1 decoding on CPU "
+                   help="int8: int8 weights for the linear layers, ~1.7x faster batch-1 decoding on CPU "
                         "(see bench/RESULTS.md)")
 
 

@@ -3,7 +3,7 @@
     synth corpus -> BPE tokenizer -> pretrain -> SFT -> held-out eval -> sample chats
 
 Each stage is the same command a user would run by hand (printed as it starts), so the demo
-doubles as a walkthrough. With the default `nano` preset it takes about ten minutes on two CPU
+doubles as a walkthrough. With the default `nano` preset it takes about eight minutes on two CPU
 cores; `--quick` runs a tiny version in about a minute to check that everything works, and
 `--long` (about 34 minutes) pretrains six times longer and fine-tunes at a higher learning rate,
 after which the model answers most held-out addition questions and over half of the fact questions
@@ -21,7 +21,7 @@ from .errors import UserError
 
 # steps and batch sizes tuned so the default demo fits in ~10 minutes on 2 CPU cores
 # Sized from timed runs on 2 cores (~1.75 s per pretraining step of 32 x 256 tokens, ~0.9 s per packed
-# SFT step of 16 x 320): 200 + 150 steps come to about 8.5 minutes with the other stages.
+# SFT step of 16 x 320): 200 + 150 steps took 7.7 minutes end to end (bench/RESULTS.md).
 FULL = dict(size=1.0, pretrain_steps=200, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
             sft_steps=150, sft_bs=16, sft_seq=320, sft_lr=5e-4, eval_limit=None)
 # About 34 minutes on 2 cores. SFT at a 4x larger lr than FULL: measured on this pretrained model,

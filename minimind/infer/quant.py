@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .generate import cpu_has_fast_bf16
 
 QUANT_MODES = ("none", "int8")
 
@@ -37,6 +38,7 @@ class Int8Linear(nn.Module):
     """A frozen nn.Linear with int8 weights and one scale per output channel."""
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        """dtype: the activations' dtype inside the product (the layer returns its input's dtype)."""
         super().__init__()
         w = linear.weight.detach().float()  # (N, K)
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (N,)
@@ -47,12 +49,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x):
-        shape = x.shape
+        shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous()  # (M, K)
         y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)  # (M, N) = x Q^T * s
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
@@ -65,6 +67,9 @@ def quantize_int8(model) -> int:
         raise UserError(f"--quantize int8 runs on CPU only (this model is on {dev}); use --quantize none",
                         param="quantize")
     dtype = next(model.parameters()).dtype
+    if dtype == torch.float32 and cpu_has_fast_bf16():
+        # the kernel's fp32 path is 3x slower than its bf16 one (bench/RESULTS.md): products in bf16
+        dtype = torch.bfloat16
     if model.lm_head.weight is model.model.embed_tokens.weight:  # tied: the head gets its own int8 copy
         model.lm_head = nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
         model.lm_head.weight = nn.Parameter(model.model.embed_tokens.weight.detach(), requires_grad=False)
