@@ -13,6 +13,7 @@ against each other (tensor names and shapes vs. config, tokenizer vocabulary vs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,22 +36,16 @@ def state_dict_for_save(model) -> dict:
     return sd
 
 
-def save_checkpoint(path, model, tokenizer, train_state: dict | None = None,
-                    run_config: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically (temp dir + rename)."""
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary sibling directory to fill; on success it replaces `path` in one rename
+    (an old `path` is moved aside first, then deleted), on any error it is removed and `path`
+    is left as it was. Used for checkpoints and LoRA adapters."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model = getattr(model, "module", model)  # unwrap DDP
-        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-        model.config.save(tmp / "config.json")
-        save_file(state_dict_for_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        tokenizer.save(tmp)
-        if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
-        if run_config is not None:
-            (tmp / "run.json").write_text(json.dumps(run_config, indent=2, default=str))
+        yield tmp
         if path.exists():  # replace: move the old one aside first, then swap in the new one
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -61,6 +56,22 @@ def save_checkpoint(path, model, tokenizer, train_state: dict | None = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_checkpoint(path, model, tokenizer, train_state: dict | None = None,
+                    run_config: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (temp dir + rename)."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model = getattr(model, "module", model)  # unwrap DDP
+        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+        model.config.save(tmp / "config.json")
+        save_file(state_dict_for_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        tokenizer.save(tmp)
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        if run_config is not None:
+            (tmp / "run.json").write_text(json.dumps(run_config, indent=2, default=str))
     return path
 
 
