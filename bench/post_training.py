@@ -102,7 +102,7 @@ def exp_lora(run: Path, work: Path, args) -> dict:
 def exp_dpo(run: Path, work: Path, args) -> dict:
     from minimind.data.loader import DPOLoader
     from minimind.train.dpo import preference_accuracy
-    from minimind.train.engine import Dist
+    from minimind.runtime import Dist
     from minimind.train.run import prepared_data
 
     data = run / "data"

@@ -48,7 +48,8 @@ def run_one(preset: str, stage: str, dtype: str, seq: int, batch: int, steps: in
     from minimind.config import get_preset
     from minimind.data.loader import make_loader
     from minimind.model import MiniMindForCausalLM
-    from minimind.train.engine import Dist, TrainConfig, Trainer
+    from minimind.runtime import Dist
+    from minimind.train.engine import TrainConfig, Trainer
     from minimind.train.pretrain import LanguageModeling
     from minimind.train.run import prepared_data
     from minimind.train.sft import SupervisedFineTuning

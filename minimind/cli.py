@@ -83,7 +83,7 @@ def cmd_sft(args):
 
     if not args.init and not args.tokenizer:
         raise UserError("sft: pass --init CHECKPOINT (a pretrained model) or --tokenizer DIR to start from scratch")
-    from .train.engine import seed_everything
+    from .runtime import seed_everything
 
     seed_everything(args.seed)
     model, tok = build_model(args)

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..model import KVCache, padded_mask
+from ..runtime import inference_dtype, pick_device
 
 
 @dataclass
@@ -98,23 +99,6 @@ def think_suppression(tok, think: bool) -> tuple[int, ...]:
     if think:
         return ()
     return tuple(i for i in (tok.think_id, tok.end_think_id) if i is not None)
-
-
-def inference_dtype(device) -> torch.dtype:
-    """bf16 where it is fast (CUDA with bf16, CPUs with AVX-512 bf16 / AMX), else fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class Generator:
@@ -265,8 +249,6 @@ def load_for_inference(checkpoint, device: str = "auto", dtype: str = "auto", qu
     quantize="int8" stores the linear layers' weights in int8 (CPU; see infer/quant.py).
     """
     from ..checkpoint import load_checkpoint
-    from ..train.engine import pick_device
-
     dev = pick_device(device)
     if dtype == "auto":
         dt = inference_dtype(dev)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .generate import cpu_has_fast_bf16
+from ..runtime import cpu_has_fast_bf16
 
 QUANT_MODES = ("none", "int8")
 

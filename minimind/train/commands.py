@@ -17,7 +17,7 @@ from ..errors import UserError
 def cmd_lora(args):
     from ..checkpoint import check_checkpoint_dir
     from ..lora import LoRAConfig, adapter_size, inject_lora, save_adapter
-    from .engine import seed_everything
+    from ..runtime import seed_everything
     from .run import build_model, run_training
     from .sft import SupervisedFineTuning
 
@@ -93,7 +93,7 @@ def cmd_dpo(args):
 
     from ..data.loader import DPOLoader
     from .dpo import DirectPreferenceOptimization, preference_accuracy
-    from .engine import Dist, pick_device, seed_everything
+    from ..runtime import Dist, pick_device, seed_everything
     from .run import build_model, prepared_data, run_training
 
     if not args.init:
@@ -140,7 +140,7 @@ def add_dpo_command(sub) -> None:
 def cmd_distill(args):
     from ..checkpoint import check_checkpoint_dir, load_checkpoint
     from .distill import Distillation, check_same_vocabulary
-    from .engine import pick_device, pick_dtype, seed_everything
+    from ..runtime import pick_device, pick_dtype, seed_everything
     from .run import build_model, run_training
 
     teacher_dir = check_checkpoint_dir(args.teacher)

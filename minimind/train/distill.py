@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .dpo import freeze
+from ..runtime import freeze
 from .pretrain import IGNORE, packed_inputs
 
 

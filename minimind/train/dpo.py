@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..runtime import freeze
 from .pretrain import IGNORE
 
 REF_MODES = ("cache", "step")
@@ -47,13 +48,6 @@ def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
     r_l = beta * (pi_l - ref_l)  # (B,) of the rejected answer
     loss = -F.logsigmoid(r_w - r_l).mean()  # = -log sigmoid(beta [(pi_w - pi_l) - (ref_w - ref_l)])
     return loss, r_w, r_l
-
-
-def freeze(model):
-    """A model that is only ever evaluated: no grads, eval mode (no dropout, no MoE aux loss)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 def _pair_key(ids_w, lab_w, ids_l, lab_l) -> bytes:
@@ -140,7 +134,7 @@ def preference_accuracy(model, loader, batches: int | None = None, device=None, 
     `loader` is a DPOLoader; one epoch is read (or `batches` batches). -> {"accuracy", "pairs",
     "logp_chosen", "logp_rejected"} (mean sequence log-probs).
     """
-    from .engine import autocast
+    from ..runtime import autocast
 
     device = device or next(model.parameters()).device
     was_training = model.training

@@ -28,19 +28,31 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_weights, save_checkpoint
 from ..errors import UserError
+from ..runtime import Dist, autocast, pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
+
+
+class Objective(Protocol):
+    """What the engine needs from a training objective (pretrain, SFT, DPO, distillation, RL, ...).
+
+    `loss(model, batch)` returns (scalar loss, metrics); metrics should include "n_tokens", the
+    useful (non-padding) tokens trained on. Optional: `eval_loss(model, batch)` for held-out
+    evaluation when it differs from the training loss, `to(device)` to move frozen helper models
+    (a reference, a teacher), and `state_dict()` / `load_state_dict(d)` for state that must
+    survive a resume (e.g. a running baseline).
+    """
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]: ...
 
 
 @dataclass
@@ -76,76 +88,6 @@ class TrainConfig:
     tensorboard: bool = False
     project: str = "minimind"
     extra: dict = field(default_factory=dict)  # objective-specific settings, saved with the run
-
-
-# ----------------------------------------------------------------------------- devices
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 where the hardware runs it fast, else fp32 (fp16 only if asked)."""
-    from ..infer.generate import cpu_has_fast_bf16
-
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-        return torch.float32
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise UserError(f"--dtype {name!r}: choose auto, bf16, fp16 or fp32")
-    if name == "fp16" and device.type == "cpu":
-        raise UserError("--dtype fp16 on CPU is ~100x slower than bf16 (no fp16 matrix units); use bf16 or fp32")
-    return table[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE set) join the process group; otherwise a single process."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Dist(), pick_device(device_name)
-    d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return d, device
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -194,29 +136,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     raise UserError(f"--schedule {cfg.schedule!r}: choose cosine, wsd or constant")
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- loggers

@@ -18,7 +18,8 @@ from ..checkpoint import check_checkpoint_dir, check_tokenizer_matches, load_wei
 from ..config import PRESETS, ModelConfig, get_preset
 from ..errors import UserError
 from ..model import MiniMindForCausalLM
-from .engine import Dist, TrainConfig, Trainer, init_distributed, seed_everything
+from ..runtime import Dist, init_distributed, seed_everything
+from .engine import TrainConfig, Trainer
 
 # defaults per stage: (lr, batch_size, max_seq_len, warmup, schedule)
 STAGE_DEFAULTS = {

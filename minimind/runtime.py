@@ -1,0 +1,141 @@
+"""The floor that training and inference both stand on: device, dtype, distributed setup, seeding.
+
+Nothing here knows about models or data. `train/` and `infer/` import from this module and never
+from each other.
+
+Dtype policy. On CUDA, bf16 where the GPU supports it (else fp16, which training pairs with a
+gradient scaler). On CPU, bf16 only where the CPU has bf16 matrix units (AVX-512 BF16 / AMX,
+reported by oneDNN): there a bf16 matmul is 2-4x faster than fp32; elsewhere it is emulated and
+~100x slower, so training and prefill stay in fp32. fp16 is never a CPU path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+# ----------------------------------------------------------------------------- devices
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16 where the hardware runs it fast, else fp32 (fp16 only if asked)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return torch.float32
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise UserError(f"--dtype {name!r}: choose auto, bf16, fp16 or fp32")
+    if name == "fp16" and device.type == "cpu":
+        raise UserError("--dtype fp16 on CPU is ~100x slower than bf16 (no fp16 matrix units); use bf16 or fp32")
+    return table[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE set) join the process group; otherwise a single process."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist(), pick_device(device_name)
+    d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+
+def inference_dtype(device) -> torch.dtype:
+    """bf16 where it is fast (CUDA with bf16, CPUs with AVX-512 bf16 / AMX), else fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- frozen models
+
+def freeze(model):
+    """A model that is only ever evaluated: no grads, eval mode (no dropout, no MoE aux loss)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
