@@ -129,3 +129,19 @@ def _samples(out: Path, args) -> None:
         print(f"  you> {m[-1]['content']}\n  minimind> {parse_assistant(o['text'])['content'].strip()}")
     if not outs:
         raise UserError("no samples generated")
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("demo", help="the whole pipeline on the built-in corpus in minutes (start here)")
+    s.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
+    s.add_argument("--preset", default="nano", help="model shape (default nano)")
+    s.add_argument("--size", type=float, default=1.0, help="built-in corpus size multiplier")
+    s.add_argument("--pretrain-steps", type=int, default=None, help="default: tuned for ~10 minutes on 2 cores")
+    s.add_argument("--sft-steps", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quick", action="store_true", help="a tiny run to check the pipeline (about a minute)")
+    s.add_argument("--long", action="store_true",
+                   help="pretrain 6x longer, fine-tune at lr 2e-3 (~34 min on 2 cores); see README for what that buys")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=run_demo)

@@ -119,3 +119,38 @@ def generate_once(args) -> None:
         return
     stream_reply(gen, [{"role": "user", "content": args.prompt}], params, args.think == "on",
                  color=sys.stdout.isatty())
+
+
+# ----------------------------------------------------------------------------- commands
+
+def add_sampling_args(p) -> None:
+    from .quant import add_quantize_arg
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same reply)")
+    g.add_argument("--think", choices=["on", "off"], default="off",
+                   help="open a <think> block before answering (adaptive thinking switch)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp32")
+    add_quantize_arg(g)
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("chat", help="chat with a checkpoint in the terminal")
+    s.add_argument("checkpoint", help="checkpoint directory (or a run directory)")
+    s.add_argument("--system", default=None, help="system prompt")
+    s.add_argument("--no-history", action="store_true", help="each message starts a new conversation")
+    add_sampling_args(s)
+    s.set_defaults(func=chat_loop)
+
+    s = sub.add_parser("generate", help="one reply (or raw continuation) for a prompt, printed as it streams")
+    s.add_argument("checkpoint")
+    s.add_argument("prompt")
+    s.add_argument("--raw", action="store_true", help="continue the text as is (no chat template)")
+    add_sampling_args(s)
+    s.set_defaults(func=generate_once)

@@ -20,10 +20,10 @@ def add_commands(sub) -> None:
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     s.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp16, fp32")
-    from ..cli import add_quantize_arg
+    from .quant import add_quantize_arg
 
     add_quantize_arg(s)
     s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     s.add_argument("--model-name", default="minimind", help="the model id clients see (default minimind)")
     s.add_argument("--lora", default=None, help="apply this LoRA adapter directory")
-    s.set_defaults(func=cmd_serve, varying_shapes=True)  # long-running, every request a new shape
+    s.set_defaults(func=cmd_serve, varying_shapes=True)  # long-running, every request a new shape (runtime.pin_malloc_threshold)

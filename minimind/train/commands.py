@@ -1,7 +1,7 @@
-"""Post-training commands: `minimind lora`, `minimind lora merge`, `minimind dpo`, `minimind distill`.
+"""Training commands: `minimind pretrain | sft | lora | lora merge | dpo | distill`.
 
 Each one builds its models and objective and hands them to the one training engine through
-`run_training`; the objectives live in lora.py (layers), sft.py, dpo.py and distill.py.
+`run_training`; the objectives live in pretrain.py, sft.py, dpo.py, distill.py and lora.py (layers).
 """
 
 from __future__ import annotations
@@ -10,6 +10,52 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+
+
+# ----------------------------------------------------------------------------- pretrain, sft
+
+def cmd_pretrain(args):
+    from .pretrain import LanguageModeling
+    from .run import run_training
+
+    m = run_training("pretrain", args, LanguageModeling(), data_kind="pretrain")
+    _print_final(m, args.out)
+
+
+def cmd_sft(args):
+    from ..runtime import seed_everything
+    from .run import build_model, run_training
+    from .sft import SupervisedFineTuning
+
+    if not args.init and not args.tokenizer:
+        raise UserError("sft: pass --init CHECKPOINT (a pretrained model) or --tokenizer DIR to start from scratch")
+    seed_everything(args.seed)
+    model, tok = build_model(args)
+    weighted = [tok.think_id, tok.end_think_id] if args.reasoning else []
+    obj = SupervisedFineTuning(weighted, args.think_weight if args.reasoning else 1.0)
+    m = run_training("sft", args, obj, data_kind="sft", extra={"reasoning": args.reasoning,
+                     "think_weight": args.think_weight}, model_and_tok=(model, tok))
+    _print_final(m, args.out)
+
+
+def _print_final(m: dict, out: str):
+    keys = [k for k in ("loss", "eval_loss", "tokens_per_s", "elapsed_s") if k in m]
+    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f"; checkpoint: {out}/checkpoint")
+
+
+def add_stage_commands(sub) -> None:
+    from .run import add_train_args
+
+    s = sub.add_parser("pretrain", help="pretrain a model from scratch (or continue one) on text")
+    add_train_args(s, "pretrain")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("sft", help="supervised fine-tuning on conversations (loss on assistant tokens)")
+    add_train_args(s, "sft")
+    s.add_argument("--reasoning", action="store_true",
+                   help="reasoning distillation: extra loss weight on <think>/</think> tags")
+    s.add_argument("--think-weight", type=float, default=10.0, help="with --reasoning (default 10)")
+    s.set_defaults(func=cmd_sft)
 
 
 # ----------------------------------------------------------------------------- lora
@@ -127,7 +173,7 @@ def add_dpo_command(sub) -> None:
     add_train_args(p, "sft")
     # DPO nudges an SFT model: a small lr; pairs are short, so a moderate batch
     p.set_defaults(func=cmd_dpo, lr=2e-5, batch_size=16, warmup=10, weight_decay=0.0,
-                   varying_shapes=True)  # length-bucketed batches: see cli._pin_malloc_threshold
+                   varying_shapes=True)  # length-bucketed batches: see runtime.pin_malloc_threshold
     g = p.add_argument_group("dpo")
     g.add_argument("--beta", type=float, default=0.1, help="KL strength: how far from the reference (default 0.1)")
     g.add_argument("--sft-weight", type=float, default=0.0, help="add this times the SFT loss on chosen answers")
@@ -172,6 +218,7 @@ def add_distill_command(sub) -> None:
 
 
 def add_commands(sub) -> None:
+    add_stage_commands(sub)
     add_lora_commands(sub)
     add_dpo_command(sub)
     add_distill_command(sub)

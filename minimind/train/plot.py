@@ -48,3 +48,15 @@ def plot_run(run_dir, out=None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def cmd_plot(args):
+    out = plot_run(args.run_dir, args.out)
+    print(f"wrote {out}")
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("plot", help="draw loss and lr curves of a run to a PNG")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    s.set_defaults(func=cmd_plot)
