@@ -161,3 +161,90 @@ def pin_malloc_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to do
+
+
+# ----------------------------------------------------------------------------- measured speed
+
+def timed(fn, budget_s: float = 0.5, min_reps: int = 1) -> float:
+    """Best seconds per call of `fn()` within about `budget_s` of wall time.
+
+    One warm-up call is timed too: if it alone uses the budget (an emulated dtype, ~100x slow),
+    no more calls are made, so a measurement never hangs on a slow path.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    fn()
+    best = first = time.perf_counter() - t0
+    reps = 0
+    while reps < min_reps or time.perf_counter() - t0 + best < budget_s:
+        if first >= budget_s:
+            break
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        reps += 1
+    return best
+
+
+def _sync(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, device="cpu", budget_s: float = 0.5) -> float:
+    """GFLOP/s of an n x n x n matmul (2 n^3 FLOPs) in `dtype`, measured within ~budget_s."""
+    device = torch.device(device)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = _sync(device)
+
+    def step():
+        a @ b
+        sync()
+
+    return 2 * n**3 / timed(step, budget_s) / 1e9
+
+
+def gemv_gbps(dtype: torch.dtype, rows: int = 4096, cols: int = 1024, device="cpu", budget_s: float = 0.3) -> float:
+    """GB/s of weight bytes streamed by a (1 x cols) @ (cols x rows) product: batch-1 decoding's shape."""
+    device = torch.device(device)
+    w = torch.randn(rows, cols, device=device).to(dtype)
+    x = torch.randn(1, cols, device=device).to(dtype)
+    sync = _sync(device)
+
+    def step():
+        torch.nn.functional.linear(x, w)
+        sync()
+
+    return w.numel() * w.element_size() / timed(step, budget_s) / 1e9
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_info() -> dict:
+    """CPU model, the flags that decide dtype speed, threads, torch and Python versions, GPU."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "fma")
+    info = {"cpu": cpu, "flags": [f for f in wanted if f in flags], "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "fast_bf16_matmul": cpu_has_fast_bf16()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
