@@ -88,9 +88,10 @@ class PolicyGradient:
         return loss, self.metrics(logits, logp, batch, clipped)
 
     def metrics(self, logits, logp, batch, clipped) -> dict:
+        """Per micro-batch: KL (both estimators), clip fraction, ratio, entropy; plus the rollout's stats."""
         mask = batch["mask"]
         with torch.no_grad():
-            return {"n_tokens": mask.sum(),
+            return {**batch.get("stats", {}), "n_tokens": mask.sum(),
                     "kl_k1": masked_mean(kl_k1(logp, batch["ref_logp"]), mask),  # KL(pi || pi_ref), sign right
                     "kl_k3": masked_mean(kl_k3(logp, batch["ref_logp"]), mask),
                     "clip_frac": masked_mean(clipped.float(), mask),
