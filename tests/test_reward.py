@@ -114,3 +114,25 @@ def test_a_causal_lm_is_not_a_reward_model(tok, tmp_path):
     save_checkpoint(tmp_path / "lm", MiniMindForCausalLM(cfg), tok)
     with pytest.raises(UserError, match="not a reward model"):
         load_reward_model(tmp_path / "lm")
+
+
+def test_cli_reward_train_writes_a_reward_model(corpus, tok, tmp_path, capsys):
+    from minimind.checkpoint import save_checkpoint
+    from minimind.cli import main
+    from minimind.model import MiniMindForCausalLM
+
+    cfg = tiny_rm(tok).config
+    cfg.num_labels = 0
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "sft", MiniMindForCausalLM(cfg), tok)
+    lines = (corpus / "dpo.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:48]) + "\n", encoding="utf-8")
+    (tmp_path / "held.jsonl").write_text("\n".join(lines[48:64]) + "\n", encoding="utf-8")
+    rc = main(["reward", "train", "--init", str(tmp_path / "sft"), "--data", str(tmp_path / "train.jsonl"),
+               "--eval-data", str(tmp_path / "held.jsonl"), "--out", str(tmp_path / "rm"), "--steps", "3",
+               "--batch-size", "8", "--max-seq-len", "128", "--dtype", "fp32", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "held-out pair accuracy" in out and "(16 pairs)" in out
+    model, _, center = load_reward_model(tmp_path / "rm")
+    assert model.config.num_labels == 1 and center != 0.0

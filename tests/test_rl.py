@@ -157,3 +157,17 @@ def test_an_rl_file_without_gt_needs_a_reward_model(tmp_path):
 
 def test_objectives_are_the_four_of_the_family():
     assert [c.name for c in (GRPO, PPO, SPO, CISPO)] == ["grpo", "ppo", "spo", "cispo"]
+
+
+def test_cli_runs_grpo_and_reports_bad_flags(sft, prompts, tmp_path, capsys):
+    from minimind.cli import main
+
+    out = tmp_path / "grpo"
+    rc = main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rollouts", "1",
+               "--prompts-per-rollout", "2", "--group-size", "2", "--max-new-tokens", "6", "--dtype", "fp32",
+               "--device", "cpu", "--no-progress", "--max-refills", "0"])
+    assert rc == 0 and (out / "checkpoint" / "model.safetensors").is_file()
+    assert "done: reward" in capsys.readouterr().out
+    assert main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--temperature", "0"]) == 2
+    assert "--temperature must be > 0" in capsys.readouterr().err
+    assert main(["spo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rules", "answer=x"]) == 2
