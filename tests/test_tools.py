@@ -116,6 +116,10 @@ def test_unit_converter_errors(reg):
     assert "below absolute zero" in run(reg, "unit_converter", value=-300, from_unit="C", to_unit="K")
     assert "must be a number, got string" in run(reg, "unit_converter", value="ten", from_unit="km", to_unit="m")
     assert "unit too long" in run(reg, "unit_converter", value=1, from_unit="k" * 10**6, to_unit="m")
+    assert "within ±1e100" in run(reg, "unit_converter", value=1e300, from_unit="km", to_unit="m")
+    assert "within ±1e100" in run(reg, "unit_converter", value=float("nan"), from_unit="km", to_unit="m")
+    out = reg.execute({"name": "unit_converter", "arguments": '{"value": NaN, "from_unit": "km", "to_unit": "m"}'})
+    assert out.startswith("error: unit_converter: arguments are not valid JSON (NaN is not a JSON number)")
 
 
 # ---------------------------------------------------------------------------- lookup

@@ -123,6 +123,10 @@ def _describe(e: ValidationError, tool: Tool) -> str:
     return f"{where}: {clip(e.message, 200)}"
 
 
+def _not_json(word: str) -> None:
+    raise ValueError(f"{word} is not a JSON number")  # Python's json accepts NaN and Infinity; JSON does not
+
+
 def _to_text(value: object) -> str:
     if isinstance(value, str):
         return value
@@ -219,7 +223,7 @@ class ToolRegistry:
             raw = {}
         if isinstance(raw, (str, bytes)):
             try:
-                raw = json.loads(raw)
+                raw = json.loads(raw, parse_constant=_not_json)
             except ValueError as e:
                 raise ToolError(f"{name}: arguments are not valid JSON ({e})") from None
             except RecursionError:

@@ -17,6 +17,8 @@ An unknown unit is answered with the list of known ones.
 
 from __future__ import annotations
 
+import math
+
 from .base import Names, ToolError, format_number
 
 SCHEMA = {"type": "function", "function": {
@@ -100,6 +102,8 @@ def _from_kelvin(kelvin: float, symbol: str) -> float:
 
 def convert(value: float, from_unit: str, to_unit: str) -> float:
     """value in from_unit, expressed in to_unit."""
+    if not math.isfinite(value) or abs(value) > 1e100:
+        raise ToolError(f"value must be a finite number within ±1e100, not {value!r}")
     (sym_a, kind_a, factor_a, _), (sym_b, kind_b, factor_b, _) = _unit(from_unit), _unit(to_unit)
     if kind_a != kind_b:
         raise ToolError(f"cannot convert {kind_a} ({sym_a}) to {kind_b} ({sym_b})")
