@@ -1,0 +1,167 @@
+"""The offline backend: pocketsphinx (CMU Sphinx), whose wheel ships an English acoustic model.
+
+    endpointer   pocketsphinx.Endpointer: a WebRTC-style voice activity detector over 30 ms frames;
+                 speech starts when most frames of a 0.3 s window are voiced and ends when most are
+                 not, so an utterance is closed about `vad_window` seconds after the voice stops.
+    recogniser   a continuous-density HMM decoder (Huggins-Daines et al. 2006, "PocketSphinx") fed
+                 while the user speaks, so at the endpoint only the final search is left:
+                     words* = argmax_W  log P(audio | W) + lw * log P(W) + |W| * log wip
+                 with P(W) the general English trigram model, or a domain model (lm.py, --lm).
+    wake word    with a domain model: the wake phrase is an optional prefix inside the language model,
+                 so one search decides "wake + question" against "question" (threshold = log10 prior
+                 odds against the wake phrase). Without one: pocketsphinx's keyphrase spotter runs
+                 beside the recogniser and fires when the phrase's likelihood beats a phone loop's by
+                 the factor 10**threshold (Rybach et al. style keyword spotting with a filler model).
+
+Measured on synthetic speech (docs/voice.md): the spotter is the weaker of the two; build a domain
+model from the corpus the checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .audio import RATE
+from .backend import Heard
+from .text import spoken, strip_wake
+
+KWS_THRESHOLD = -40.0  # log10; tuned on espeak-ng speech at 30 dB SNR (bench/voice.py)
+LM_THRESHOLD = 0.0     # log10 prior odds against the wake phrase: even odds
+
+
+def import_pocketsphinx():
+    try:
+        import pocketsphinx
+    except ImportError:
+        raise UserError("the sphinx backend needs pocketsphinx: pip install 'minimind[voice]'") from None
+    return pocketsphinx
+
+
+def _word(seg_word: str) -> str | None:
+    """A recognised word from a segment name ('which(2)' -> 'which'); None for silence and fillers."""
+    if seg_word.startswith(("<", "[", "+")):
+        return None
+    return re.sub(r"\(\d+\)$", "", seg_word)
+
+
+class SphinxBackend:
+    sample_rate = RATE
+
+    def __init__(self, wake_word: str | None = "hey mind", threshold: float | None = None, lm=None,
+                 model_dir=None, dictionary=None, vad_window: float = 0.3):
+        ps = import_pocketsphinx()
+        self.wake_word = wake_word
+        config = {"loglevel": "FATAL", "dither": True, "seed": 1}  # dither (seeded): digital silence
+        if model_dir is not None:                                   # has no log energy
+            config["hmm"] = str(_need(model_dir, "--sphinx-model", "mdef"))
+        if dictionary is not None:
+            config["dict"] = str(_need(dictionary, "--sphinx-dict"))
+        self.words = _vocabulary(Path(config.get("dict") or ps.get_model_path("en-us/cmudict-en-us.dict")))
+        if wake_word:
+            missing = [w for w in spoken(wake_word).split() if w not in self.words]
+            if not spoken(wake_word) or missing:
+                raise UserError(f"--wake-word {wake_word!r}: {missing or 'no words'} not in the pronunciation "
+                                "dictionary; choose other words or add them with --sphinx-dict")
+        self.mode = "lm" if lm is not None else "kws"
+        self._tmp = tempfile.TemporaryDirectory(prefix="minimind-voice-")
+        if lm is not None:
+            from .lm import build_arpa, corpus_sentences, in_vocabulary
+
+            sentences, self.dropped = in_vocabulary(corpus_sentences(lm), self.words)
+            odds = 10 ** -(LM_THRESHOLD if threshold is None else threshold)
+            config["lm"] = str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", wake_word, odds))
+            self.n_sentences = len(sentences)
+        self.asr = _decoder(ps, config)
+        self.kws = None
+        if wake_word and self.mode == "kws":
+            t = KWS_THRESHOLD if threshold is None else threshold
+            self.kws = _decoder(ps, {**config, "keyphrase": spoken(wake_word), "kws_threshold": 10.0 ** t})
+        self.ep = ps.Endpointer(window=vad_window, sample_rate=RATE)
+        self.frame = self.ep.frame_bytes // 2  # samples per VAD frame
+        self.pending = np.zeros(0, dtype=np.int16)
+        self.in_utt, self.wake_end = False, None
+
+    # ------------------------------------------------------------------ the interface
+    def accept(self, pcm: np.ndarray) -> list[Heard]:
+        x = np.concatenate([self.pending, np.asarray(pcm, dtype=np.int16)])
+        n = len(x) // self.frame * self.frame
+        self.pending = x[n:]
+        out = []
+        for i in range(0, n, self.frame):
+            speech = self.ep.process(x[i:i + self.frame].tobytes())
+            heard = self._feed(speech)
+            if heard is not None:
+                out.append(heard)
+        return out
+
+    def flush(self) -> list[Heard]:
+        speech = self.ep.end_stream(self.pending.tobytes())
+        self.pending = np.zeros(0, dtype=np.int16)
+        if speech is not None and not self.in_utt:
+            self._start()
+        if self.in_utt:
+            if speech:
+                self._process(speech)
+            return [self._end()]
+        return []
+
+    # ------------------------------------------------------------------ one utterance
+    def _feed(self, speech) -> Heard | None:
+        if speech is None:
+            return None
+        if not self.in_utt:
+            self._start()
+        self._process(speech)
+        return None if self.ep.in_speech else self._end()
+
+    def _start(self) -> None:
+        self.in_utt, self.wake_end, self.start = True, None, self.ep.speech_start
+        self.asr.start_utt()
+        if self.kws:
+            self.kws.start_utt()
+
+    def _process(self, speech: bytes) -> None:
+        self.asr.process_raw(speech)
+        if self.kws and self.wake_end is None:
+            self.kws.process_raw(speech)
+            if self.kws.hyp() is not None:  # the phrase was spotted: remember where it ended
+                self.wake_end = max(s.end_frame for s in self.kws.seg())
+
+    def _end(self) -> Heard:
+        self.in_utt = False
+        self.asr.end_utt()
+        hyp = self.asr.hyp()
+        end = self.ep.speech_end if not self.ep.in_speech else self.start
+        if self.kws:
+            self.kws.end_utt()
+            words = [w for s in self.asr.seg() if (self.wake_end is None or s.start_frame > self.wake_end)
+                     and (w := _word(s.word))]
+            return Heard(" ".join(words), self.wake_end is not None, self.start, end)
+        text = hyp.hypstr if hyp is not None else ""
+        wake, rest = strip_wake(text, self.wake_word) if self.wake_word else (False, text)
+        return Heard(rest, wake, self.start, end)
+
+
+def _decoder(ps, config: dict):
+    try:
+        return ps.Decoder(**config)
+    except (RuntimeError, ValueError) as e:  # a file the model needs is missing or malformed
+        raise UserError(f"pocketsphinx could not load its model ({e}); check --sphinx-model / --sphinx-dict") from None
+
+
+def _need(path, flag: str, inside: str | None = None) -> Path:
+    p = Path(path)
+    if not p.exists() or (inside and not (p / inside).is_file()):
+        what = f"{p / inside}" if inside and p.exists() else f"{p}"
+        raise UserError(f"{flag} {path}: {what} not found")
+    return p
+
+
+def _vocabulary(dict_path: Path) -> set[str]:
+    with open(dict_path, encoding="utf-8", errors="replace") as f:
+        return {_word(line.split(maxsplit=1)[0]) for line in f if line.strip()}
