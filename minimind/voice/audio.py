@@ -62,8 +62,11 @@ def chunks(x: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
 
 def stdin_chunks(rate: int, chunk: int, stream=None) -> Iterator[np.ndarray]:
     """Raw little-endian int16 mono PCM from stdin (e.g. `arecord -f S16_LE -r 16000 -c 1 | ...`)."""
-    check_rate(rate, "--sample-rate")
-    stream = stream or sys.stdin.buffer
+    check_rate(rate, "--sample-rate")  # now, not at the first read
+    return _pcm(stream or sys.stdin.buffer, chunk)
+
+
+def _pcm(stream, chunk: int) -> Iterator[np.ndarray]:
     carry = b""
     while True:
         data = stream.read(2 * chunk)

@@ -32,10 +32,11 @@ class Conversation:
         self.think, self.system, self.keep = args.think == "on", args.system, not args.no_history
         self.history: list[dict] = []
 
-    def reply(self, text: str, out=sys.stdout) -> tuple[dict, float | None]:
+    def reply(self, text: str, out=None) -> tuple[dict, float | None]:
         """Stream the answer to `text` -> (parsed reply, wall time of its first printed character)."""
         from ..infer.chat import stream_reply
 
+        out = out or sys.stdout
         if not self.keep:
             self.history = []
         self.history.append({"role": "user", "content": text})

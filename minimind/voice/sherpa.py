@@ -144,6 +144,7 @@ class SherpaBackend:
         return self._streaming(x) if self.asr is not None else self._segments(x)
 
     def flush(self) -> list[Heard]:
+        """Close the open utterance; the next audio is a new stream (its clock starts at 0)."""
         tail = np.zeros(int(0.5 * RATE), dtype=np.int16)  # pad, so trailing frames are decoded
         out = self.accept(tail)
         if self.asr is not None:
@@ -151,9 +152,16 @@ class SherpaBackend:
             while self.asr.is_ready(self.stream):
                 self.asr.decode_stream(self.stream)
             text = self.asr.get_result(self.stream).strip()
-            return out + ([self._heard(text, self.utt_start or 0.0, self.clock / RATE)] if text else [])
-        self.vad.flush()
-        return out + self._drain()
+            out += [self._heard(text, self.utt_start or 0.0, self.clock / RATE)] if text else []
+            self.stream, self.utt_start = self.asr.create_stream(), None
+        else:
+            self.vad.flush()
+            out += self._drain()
+            self.vad.reset()
+        if self.kws is not None:
+            self.kws_stream = self.kws.create_stream()
+        self.clock, self.woke = 0, False
+        return out
 
     # ------------------------------------------------------------------ streaming zipformer
     def _streaming(self, x: np.ndarray) -> list[Heard]:

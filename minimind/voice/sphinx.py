@@ -32,6 +32,8 @@ from .text import spoken, strip_wake
 
 KWS_THRESHOLD = -40.0  # log10; tuned on espeak-ng speech at 30 dB SNR (bench/voice.py)
 LM_THRESHOLD = 0.0     # log10 prior odds against the wake phrase: even odds
+# words of the built-in corpus (and its name) missing from the bundled CMU dictionary, in its phone set
+EXTRA_WORDS = {"omnivore": "AA M N AH V AO R", "omnivores": "AA M N AH V AO R Z", "minimind": "M IH N IY M AY N D"}
 
 
 def import_pocketsphinx():
@@ -62,6 +64,8 @@ class SphinxBackend:
         if dictionary is not None:
             config["dict"] = str(_need(dictionary, "--sphinx-dict"))
         self.words = _vocabulary(Path(config.get("dict") or ps.get_model_path("en-us/cmudict-en-us.dict")))
+        extra = {w: p for w, p in EXTRA_WORDS.items() if w not in self.words} if dictionary is None else {}
+        self.words |= set(extra)
         if wake_word:
             missing = [w for w in spoken(wake_word).split() if w not in self.words]
             if not spoken(wake_word) or missing:
@@ -76,12 +80,13 @@ class SphinxBackend:
             odds = 10 ** -(LM_THRESHOLD if threshold is None else threshold)
             config["lm"] = str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", wake_word, odds))
             self.n_sentences = len(sentences)
-        self.asr = _decoder(ps, config)
+        self.asr = _decoder(ps, config, extra)
         self.kws = None
         if wake_word and self.mode == "kws":
             t = KWS_THRESHOLD if threshold is None else threshold
-            self.kws = _decoder(ps, {**config, "keyphrase": spoken(wake_word), "kws_threshold": 10.0 ** t})
-        self.ep = ps.Endpointer(window=vad_window, sample_rate=RATE)
+            self.kws = _decoder(ps, {**config, "keyphrase": spoken(wake_word), "kws_threshold": 10.0 ** t}, extra)
+        self._endpointer = lambda: ps.Endpointer(window=vad_window, sample_rate=RATE)
+        self.ep = self._endpointer()
         self.frame = self.ep.frame_bytes // 2  # samples per VAD frame
         self.pending = np.zeros(0, dtype=np.int16)
         self.in_utt, self.wake_end = False, None
@@ -100,15 +105,18 @@ class SphinxBackend:
         return out
 
     def flush(self) -> list[Heard]:
+        """Close the open utterance; the next audio is a new stream (its clock starts at 0)."""
         speech = self.ep.end_stream(self.pending.tobytes())
         self.pending = np.zeros(0, dtype=np.int16)
         if speech is not None and not self.in_utt:
             self._start()
+        out = []
         if self.in_utt:
             if speech:
                 self._process(speech)
-            return [self._end()]
-        return []
+            out.append(self._end())
+        self.ep = self._endpointer()
+        return out
 
     # ------------------------------------------------------------------ one utterance
     def _feed(self, speech) -> Heard | None:
@@ -136,7 +144,7 @@ class SphinxBackend:
         self.in_utt = False
         self.asr.end_utt()
         hyp = self.asr.hyp()
-        end = self.ep.speech_end if not self.ep.in_speech else self.start
+        end = self.ep.speech_end
         if self.kws:
             self.kws.end_utt()
             words = [w for s in self.asr.seg() if (self.wake_end is None or s.start_frame > self.wake_end)
@@ -147,11 +155,14 @@ class SphinxBackend:
         return Heard(rest, wake, self.start, end)
 
 
-def _decoder(ps, config: dict):
+def _decoder(ps, config: dict, extra_words: dict):
     try:
-        return ps.Decoder(**config)
+        d = ps.Decoder(**config)
     except (RuntimeError, ValueError) as e:  # a file the model needs is missing or malformed
         raise UserError(f"pocketsphinx could not load its model ({e}); check --sphinx-model / --sphinx-dict") from None
+    for i, (word, phones) in enumerate(extra_words.items()):
+        d.add_word(word, phones, i == len(extra_words) - 1)  # rebuild the search once, after the last
+    return d
 
 
 def _need(path, flag: str, inside: str | None = None) -> Path:
