@@ -198,3 +198,19 @@ def test_sherpa_calls_match_the_installed_library():
     for name in ("is_ready", "decode_stream", "get_result", "is_endpoint", "reset", "create_stream"):
         assert hasattr(so.OnlineRecognizer, name)
     assert "tokens_type" in inspect.signature(so.text2token).parameters
+
+
+def test_speak_without_espeak_is_one_line(tmp_path, capsys, ckpt, monkeypatch):
+    monkeypatch.setattr("minimind.voice.tts.shutil.which", lambda name: None)
+    wav = str(write_wav(tmp_path / "s.wav", np.zeros(1600, np.int16)))
+    err = one_line_error(capsys, ["voice", ckpt, "--input", wav, "--speak"])
+    assert "espeak-ng" in err and "apt-get install" in err
+
+
+def test_sphinx_flush_of_an_empty_or_frame_aligned_stream():
+    from minimind.voice.sphinx import SphinxBackend
+
+    b = SphinxBackend(None)
+    assert b.flush() == []
+    assert b.accept(np.zeros(b.frame * 3, np.int16)) == [] and b.flush() == []  # nothing pending
+    assert b.accept(np.zeros(7, np.int16)) == [] and b.flush() == []

@@ -127,3 +127,45 @@ def test_raw_pcm_on_stdin_without_wake_word(trained, corpus):
     assert r.returncode == 0, r.stderr.decode()
     out = r.stdout.decode().splitlines()
     assert out[0] == "you> What is 12 plus 30?" and out[1].startswith("minimind> ")
+
+
+def test_push_to_talk_answers_one_utterance_per_enter(domain, monkeypatch):
+    """Each Enter starts listening; the first question ends it; Ctrl-D (EOF) stops."""
+    from minimind.voice.audio import chunks
+    from minimind.voice.cli import push_to_talk
+    from minimind.voice.listen import Listener
+
+    class FakeMic:  # what the microphone would deliver: two questions, a pause, then more audio
+        def __init__(self, audio):
+            self.it, self.discarded, self.closed = chunks(audio, 1600), 0, False
+
+        def __iter__(self):
+            return self.it
+
+        def discard(self):
+            self.discarded += 1
+
+        def close(self):
+            self.closed = True
+
+    audio = np.concatenate([noisy(QUESTION), noisy("how many legs does a spider have?")])
+    mic, enters, asked = FakeMic(audio), iter(["", ""]), []
+    def enter(prompt=""):
+        try:
+            return next(enters)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", enter)
+    listener = Listener(need_wake=False)
+
+    def handle(h):
+        event, words = listener.hear(h)
+        if event == "question":
+            asked.append(words)
+        return event
+
+    push_to_talk(mic, domain, handle)
+    domain.flush()
+    assert asked == ["what is twelve plus thirty", "how many legs does a spider have"]
+    assert mic.discarded == 2 and mic.closed

@@ -64,13 +64,18 @@ def transducer_files(path, flag: str) -> dict:
 def keywords_line(so, wake: str, model_dir: Path) -> str:
     """'hey mind' -> '▁HE Y ▁MI ND @hey_mind': the phrase in the KWS model's own token units."""
     tokens = str(model_dir / "tokens.txt")
-    if (model_dir / "bpe.model").is_file():
-        units = so.text2token([wake.upper()], tokens=tokens, tokens_type="bpe", bpe_model=str(model_dir / "bpe.model"))
-    elif not wake.isascii():
-        units = so.text2token([wake], tokens=tokens, tokens_type="ppinyin")
-    else:
-        raise UserError(f"--kws-model {model_dir}: no bpe.model to spell {wake!r} with; give an English KWS model "
-                        "or a Chinese wake word")
+    try:
+        if (model_dir / "bpe.model").is_file():
+            units = so.text2token([wake.upper()], tokens=tokens, tokens_type="bpe",
+                                  bpe_model=str(model_dir / "bpe.model"))
+        elif not wake.isascii():
+            units = so.text2token([wake], tokens=tokens, tokens_type="ppinyin")
+        else:
+            raise UserError(f"--kws-model {model_dir}: no bpe.model to spell {wake!r} with; give an English KWS "
+                            "model or a Chinese wake word")
+    except ImportError as e:  # text2token spells with sentencepiece (English) or pypinyin (Chinese)
+        raise UserError(f"--wake-word {wake!r}: spelling it for the KWS model needs {e.name}: "
+                        f"pip install {e.name}") from None
     return " ".join(units[0]) + " @" + "_".join(wake.split())
 
 

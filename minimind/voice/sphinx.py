@@ -106,7 +106,8 @@ class SphinxBackend:
 
     def flush(self) -> list[Heard]:
         """Close the open utterance; the next audio is a new stream (its clock starts at 0)."""
-        speech = self.ep.end_stream(self.pending.tobytes())
+        tail = self.pending if len(self.pending) else np.zeros(1, dtype=np.int16)  # it rejects an empty one
+        speech = self.ep.end_stream(tail.tobytes())
         self.pending = np.zeros(0, dtype=np.int16)
         if speech is not None and not self.in_utt:
             self._start()
