@@ -26,6 +26,7 @@ class Heard:
 class Backend(Protocol):
     sample_rate: int
     wake_word: str | None  # None: the backend does not look for one
+    summary: str           # one line: the models in use (printed at start)
 
     def accept(self, pcm: np.ndarray) -> list[Heard]:
         """Feed audio (int16, mono); return the utterances that ended inside it."""

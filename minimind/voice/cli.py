@@ -138,6 +138,7 @@ def run_voice(args) -> None:
 
     if args.push_to_talk:
         return push_to_talk(mic, backend, handle)
+    status(f"({backend.summary})")
     status("(listening" + (f" for {backend.wake_word!r}" if backend.wake_word else "") + "; Ctrl-C stops)")
     fed = 0
     try:

@@ -121,6 +121,8 @@ class SherpaBackend:
             self.kws = so.KeywordSpotter(**files["kws"], keywords_file=str(kw_file), num_threads=threads,
                                          sample_rate=RATE, keywords_threshold=threshold)
             self.kws_stream = self.kws.create_stream()
+        recogniser = f"streaming zipformer {asr_model}" if asr_model else f"Silero VAD + SenseVoice {sense_voice}"
+        self.summary = f"sherpa-onnx: {recogniser}" + (f", keyword spotter {kws_model}" if self.kws else "")
         if "asr" in files:
             self.asr = so.OnlineRecognizer.from_transducer(
                 **files["asr"], num_threads=threads, sample_rate=RATE, enable_endpoint_detection=True,

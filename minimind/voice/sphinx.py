@@ -57,29 +57,20 @@ class SphinxBackend:
     def __init__(self, wake_word: str | None = "hey mind", threshold: float | None = None, lm=None,
                  model_dir=None, dictionary=None, vad_window: float = 0.3):
         ps = import_pocketsphinx()
-        self.wake_word = wake_word
-        config = {"loglevel": "FATAL", "dither": True, "seed": 1}  # dither (seeded): digital silence
-        if model_dir is not None:                                   # has no log energy
+        self.wake_word, self.mode = wake_word, "lm" if lm is not None else "kws"
+        config = {"loglevel": "FATAL", "dither": True, "seed": 1}  # dither (seeded): all-zero frames
+        if model_dir is not None:                                   # have no log energy
             config["hmm"] = str(_need(model_dir, "--sphinx-model", "mdef"))
         if dictionary is not None:
             config["dict"] = str(_need(dictionary, "--sphinx-dict"))
         self.words = _vocabulary(Path(config.get("dict") or ps.get_model_path("en-us/cmudict-en-us.dict")))
         extra = {w: p for w, p in EXTRA_WORDS.items() if w not in self.words} if dictionary is None else {}
         self.words |= set(extra)
-        if wake_word:
-            missing = [w for w in spoken(wake_word).split() if w not in self.words]
-            if not spoken(wake_word) or missing:
-                raise UserError(f"--wake-word {wake_word!r}: {missing or 'no words'} not in the pronunciation "
-                                "dictionary; choose other words or add them with --sphinx-dict")
-        self.mode = "lm" if lm is not None else "kws"
-        self._tmp = tempfile.TemporaryDirectory(prefix="minimind-voice-")
+        self._check_wake_word()
+        self.summary = "general English language model"
         if lm is not None:
-            from .lm import build_arpa, corpus_sentences, in_vocabulary
-
-            sentences, self.dropped = in_vocabulary(corpus_sentences(lm), self.words)
-            odds = 10 ** -(LM_THRESHOLD if threshold is None else threshold)
-            config["lm"] = str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", wake_word, odds))
-            self.n_sentences = len(sentences)
+            self._tmp = tempfile.TemporaryDirectory(prefix="minimind-voice-")
+            config["lm"] = self._domain_lm(lm, LM_THRESHOLD if threshold is None else threshold)
         self.asr = _decoder(ps, config, extra)
         self.kws = None
         if wake_word and self.mode == "kws":
@@ -90,6 +81,24 @@ class SphinxBackend:
         self.frame = self.ep.frame_bytes // 2  # samples per VAD frame
         self.pending = np.zeros(0, dtype=np.int16)
         self.in_utt, self.wake_end = False, None
+
+    def _check_wake_word(self) -> None:
+        if not self.wake_word:
+            return
+        words = spoken(self.wake_word).split()
+        missing = [w for w in words if w not in self.words]
+        if not words or missing:
+            raise UserError(f"--wake-word {self.wake_word!r}: {missing or 'no words'} not in the pronunciation "
+                            "dictionary; choose other words or add them with --sphinx-dict")
+
+    def _domain_lm(self, source, threshold: float) -> str:
+        """Build the domain trigram model (wake phrase inside it at prior odds 10**-threshold) -> its path."""
+        from .lm import build_arpa, corpus_sentences, in_vocabulary
+
+        sentences, dropped = in_vocabulary(corpus_sentences(source), self.words)
+        self.summary = (f"domain language model: {len(sentences)} sentences from {source}"
+                        + (f" ({dropped} left out: words without a pronunciation)" if dropped else ""))
+        return str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", self.wake_word, 10 ** -threshold))
 
     # ------------------------------------------------------------------ the interface
     def accept(self, pcm: np.ndarray) -> list[Heard]:
