@@ -8,8 +8,9 @@
    the general English model + keyphrase spotter: detection, false wakes, WER, real-time factor.
 3. Latency, end of speech -> first reply token: the audio is fed at real-time pace (as a microphone
    delivers it) through the same pieces `minimind voice` uses, to a nano-preset checkpoint (random
-   weights: the prefill costs what a trained one's does). Split into the endpointer's wait (its
-   silence window), the recogniser's final search, and the chat's first token.
+   weights: the prefill costs what a trained one's does), in each of --dtypes. Split into the
+   endpointer's wait (its silence window), the recogniser's final search, and the chat's first
+   visible text (at most 4 tokens).
 
 Writes bench/voice.json; prints the tables last. Needs espeak-ng and the voice extra.
 """
@@ -70,13 +71,13 @@ def tiny_checkpoint(data: Path, out: Path) -> Path:
     return save_checkpoint(out / "ckpt", MiniMindForCausalLM(cfg), tok)
 
 
-def latency(data: Path, n: int, work: Path) -> list[dict]:
+def latency(data: Path, n: int, ckpt: Path, dtype: str) -> list[dict]:
     from minimind.cli import build_parser
     from minimind.voice.cli import Conversation
     from minimind.voice.listen import Listener
 
-    ckpt = tiny_checkpoint(data, work)
-    args = build_parser().parse_args(["voice", str(ckpt), "--max-new-tokens", "4", "--temperature", "0"])
+    args = build_parser().parse_args(["voice", str(ckpt), "--max-new-tokens", "4", "--temperature", "0",
+                                      "--dtype", dtype])
     convo = Conversation(args)
     backend = SphinxBackend("hey mind", lm=data)
     rows = []
@@ -98,18 +99,19 @@ def latency(data: Path, n: int, work: Path) -> list[dict]:
                     timing = {"endpoint wait": t_in - spoken_end, "final search": t_heard - t_in,
                               "first token": first - t_heard, "total": first - spoken_end}
         if timing:
-            rows.append({"voice": s.voice, "wpm": s.wpm, **timing})
+            rows.append({"dtype": dtype, "voice": s.voice, "wpm": s.wpm, **timing})
     if rows:
-        rows.append({"voice": "median", **{k: float(np.median([r[k] for r in rows]))
-                                           for k in ("endpoint wait", "final search", "first token", "total")}})
+        rows.append({"dtype": dtype, "voice": "median", **{k: float(np.median([r[k] for r in rows])) for k in (
+            "endpoint wait", "final search", "first token", "total")}})
     return rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=float, default=1.0, help="corpus size (1.0: the demo's)")
-    p.add_argument("--questions", type=int, default=24)
-    p.add_argument("--latency", type=int, default=6, help="utterances timed at real-time pace")
+    p.add_argument("--questions", type=int, default=24, help="0 skips the accuracy tables")
+    p.add_argument("--latency", type=int, default=6, help="utterances timed at real-time pace (0: none)")
+    p.add_argument("--dtypes", nargs="*", default=["auto", "fp32"], help="chat model dtypes timed")
     p.add_argument("--snr", type=float, nargs="*", default=[30.0, 20.0, 40.0, float("inf")],
                    help="signal-to-noise ratios (dB) for the domain LM rows; inf = digital silence")
     args = p.parse_args()
@@ -118,16 +120,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         synth_corpus(data, seed=0, size=args.size, progress=False)
-        acc, per_voice = accuracy(data, args.questions, args.snr)
-        lat = latency(data, args.latency, Path(tmp))
-    info = machine_info()
+        acc, per_voice = accuracy(data, args.questions, args.snr) if args.questions else ([], [])
+        ckpt = tiny_checkpoint(data, Path(tmp)) if args.latency else None
+        lat = [r for dt in args.dtypes if args.latency for r in latency(data, args.latency, ckpt, dt)]
+    info = {**machine_info(), "load average (1 min) at end": round(__import__("os").getloadavg()[0], 1)}
     write_json("voice", {"machine": info, "size": args.size, "accuracy": acc, "per_voice": per_voice, "latency": lat})
     print(f"machine: {info}")
-    print_table(per_voice, ["recogniser", "voice/wpm", "WER"])
-    print()
-    print_table(lat, ["voice", "wpm", "endpoint wait", "final search", "first token", "total"])
-    print()
-    print_table(acc, ["recogniser", "SNR dB", "wake utts", "detected", "plain utts", "false wakes", "WER", "x real time"])
+    if per_voice:
+        print_table(per_voice, ["recogniser", "voice/wpm", "WER"])
+    if lat:
+        print_table(lat, ["dtype", "voice", "wpm", "endpoint wait", "final search", "first token", "total"])
+    if acc:
+        print_table(acc, ["recogniser", "SNR dB", "wake utts", "detected", "plain utts", "false wakes", "WER", "x real time"])
 
 
 if __name__ == "__main__":

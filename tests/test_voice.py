@@ -129,8 +129,8 @@ def test_domain_sentences_are_english_spoken_training_questions(corpus, tmp_path
     held = {spoken(q) for q in __import__("minimind.voice.evaluate", fromlist=["x"]).heldout_questions(corpus)}
     train_only = set(corpus_sentences(corpus / "sft.jsonl"))
     assert train_only <= set(s) and not (held - train_only) & set(s)  # eval/ never shapes the model
-    arpa = build_arpa(s[:50], tmp_path / "d.arpa", wake="hey mind").read_text()
-    assert "<s> hey mind" in arpa and "\\3-grams:" in arpa
+    arpa = build_arpa(s[:50], tmp_path / "d.arpa", wake="hey_mind").read_text()
+    assert "<s> hey_mind" in arpa and "\\3-grams:" in arpa
 
 
 def test_lm_input_errors(tmp_path, capsys, ckpt):

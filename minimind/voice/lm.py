@@ -12,9 +12,10 @@ own ARPA writer (pocketsphinx.lm.ArpaBoLM):
     P(w | u v) = (c(u v w) - D) / c(u v)            if c(u v w) > 0
                = alpha(u v) * P(w | v)              otherwise (mass D freed by discounting, renormalised)
 
-The wake phrase is put before a share of the sentences, so "hey mind, what is ..." is one in-domain
-utterance and the recogniser itself decides whether it began with the wake phrase: a likelihood
-ratio test between "wake phrase + question" and "question" whose prior odds are the threshold.
+The wake phrase, as one word ("hey_mind"), is put before the sentences, so "hey mind, what is ..." is
+one in-domain utterance and the recogniser itself decides whether it began with the wake phrase: a
+likelihood-ratio test between "wake phrase + question" and "question" whose prior odds are the
+threshold.
 """
 
 from __future__ import annotations
@@ -78,19 +79,18 @@ def in_vocabulary(sentences: list[str], vocab) -> tuple[list[str], int]:
 
 def build_arpa(sentences: list[str], out_path, wake: str | None = None, wake_odds: float = 1.0,
                seed: int = 0) -> Path:
-    """Write a trigram ARPA model. With `wake`, each sentence is also written after the wake phrase,
-    `wake_odds` times on average (1: once with, once without: even prior odds), plus the bare phrase
-    (said alone, a pause, then the question)."""
+    """Write a trigram ARPA model. With `wake` (a word of the model, e.g. 'hey_mind'), each sentence is
+    also written after it, `wake_odds` times on average (1: once with, once without: even prior odds),
+    plus the bare wake word (said alone, a pause, then the question)."""
     from pocketsphinx.lm import ArpaBoLM
 
     rng = random.Random(seed)
     lines = list(sentences)
     if wake:
-        w = spoken(wake)
         whole, frac = divmod(wake_odds, 1.0)
         for s in sentences:
-            lines += [f"{w} {s}"] * (int(whole) + (rng.random() < frac))
-        lines += [w] * max(1, round(wake_odds * len(sentences) / 20))
+            lines += [f"{wake} {s}"] * (int(whole) + (rng.random() < frac))
+        lines += [wake] * max(1, round(wake_odds * len(sentences) / 20))
     lm = ArpaBoLM(text="\n".join(lines), add_start=True, discount_mass=0.5)
     lm.compute()
     with open(out_path, "w", encoding="utf-8") as f:

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import UserError
 from .audio import RATE
 from .backend import Heard
-from .text import spoken, strip_wake
+from .text import spoken
 
 KWS_THRESHOLD = -40.0  # log10; tuned on espeak-ng speech at 30 dB SNR (bench/voice.py)
 LM_THRESHOLD = 0.0     # log10 prior odds against the wake phrase: even odds
@@ -63,13 +63,16 @@ class SphinxBackend:
             config["hmm"] = str(_need(model_dir, "--sphinx-model", "mdef"))
         if dictionary is not None:
             config["dict"] = str(_need(dictionary, "--sphinx-dict"))
-        self.words = _vocabulary(Path(config.get("dict") or ps.get_model_path("en-us/cmudict-en-us.dict")))
+        self.words = _pronunciations(Path(config.get("dict") or ps.get_model_path("en-us/cmudict-en-us.dict")))
         extra = {w: p for w, p in EXTRA_WORDS.items() if w not in self.words} if dictionary is None else {}
-        self.words |= set(extra)
+        self.words.update({w: [p] for w, p in extra.items()})
         self._check_wake_word()
-        self.summary = "general English language model"
+        self.summary, self.wake_token = "general English language model", None
         if lm is not None:
             self._tmp = tempfile.TemporaryDirectory(prefix="minimind-voice-")
+            if wake_word:
+                self.wake_token = "_".join(spoken(wake_word).split())
+                extra.update(self._wake_pronunciations())
             config["lm"] = self._domain_lm(lm, LM_THRESHOLD if threshold is None else threshold)
         self.asr = _decoder(ps, config, extra)
         self.kws = None
@@ -91,6 +94,17 @@ class SphinxBackend:
             raise UserError(f"--wake-word {self.wake_word!r}: {missing or 'no words'} not in the pronunciation "
                             "dictionary; choose other words or add them with --sphinx-dict")
 
+    def _wake_pronunciations(self) -> dict[str, str]:
+        """The wake phrase as one word of the language model ('hey_mind'), so that its words cannot be
+        recognised apart ('the mind ...'): every combination of its words' pronunciations, each also
+        without a word-initial HH, since /h/ is the weakest consonant and is often barely there."""
+        variants = [""]
+        for w in spoken(self.wake_word).split():
+            prons = self.words[w] + [p[3:] for p in self.words[w] if p.startswith("HH ")]
+            variants = [f"{v} {p}".strip() for v in variants for p in prons][:16]
+        names = [self.wake_token] + [f"{self.wake_token}({i})" for i in range(2, len(variants) + 1)]
+        return dict(zip(names, variants))
+
     def _domain_lm(self, source, threshold: float) -> str:
         """Build the domain trigram model (wake phrase inside it at prior odds 10**-threshold) -> its path."""
         from .lm import build_arpa, corpus_sentences, in_vocabulary
@@ -98,7 +112,7 @@ class SphinxBackend:
         sentences, dropped = in_vocabulary(corpus_sentences(source), self.words)
         self.summary = (f"domain language model: {len(sentences)} sentences from {source}"
                         + (f" ({dropped} left out: words without a pronunciation)" if dropped else ""))
-        return str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", self.wake_word, 10 ** -threshold))
+        return str(build_arpa(sentences, Path(self._tmp.name) / "domain.arpa", self.wake_token, 10 ** -threshold))
 
     # ------------------------------------------------------------------ the interface
     def accept(self, pcm: np.ndarray) -> list[Heard]:
@@ -160,9 +174,9 @@ class SphinxBackend:
             words = [w for s in self.asr.seg() if (self.wake_end is None or s.start_frame > self.wake_end)
                      and (w := _word(s.word))]
             return Heard(" ".join(words), self.wake_end is not None, self.start, end)
-        text = hyp.hypstr if hyp is not None else ""
-        wake, rest = strip_wake(text, self.wake_word) if self.wake_word else (False, text)
-        return Heard(rest, wake, self.start, end)
+        words = (hyp.hypstr if hyp is not None else "").split()
+        wake = bool(words) and words[0] == self.wake_token
+        return Heard(" ".join(words[wake:]), wake, self.start, end)
 
 
 def _decoder(ps, config: dict, extra_words: dict):
@@ -183,6 +197,12 @@ def _need(path, flag: str, inside: str | None = None) -> Path:
     return p
 
 
-def _vocabulary(dict_path: Path) -> set[str]:
+def _pronunciations(dict_path: Path) -> dict[str, list[str]]:
+    """word -> its pronunciations (phone strings) in a CMU-format dictionary ('which(2)' is a variant)."""
+    out: dict[str, list[str]] = {}
     with open(dict_path, encoding="utf-8", errors="replace") as f:
-        return {_word(line.split(maxsplit=1)[0]) for line in f if line.strip()}
+        for line in f:
+            parts = line.split(maxsplit=1)
+            if len(parts) == 2:
+                out.setdefault(_word(parts[0]), []).append(" ".join(parts[1].split()))
+    return out
