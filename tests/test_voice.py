@@ -115,6 +115,9 @@ def test_bad_audio_is_one_line_exit_2(tmp_path, capsys, ckpt):
     assert "no such file" in one_line_error(capsys, ["voice", ckpt, "--input", str(tmp_path / "nope.wav")])
     assert "--sample-rate" in one_line_error(capsys, ["voice", ckpt, "--input", "-", "--sample-rate", "44100"])
     assert "--push-to-talk" in one_line_error(capsys, ["voice", ckpt, "--input", "-", "--push-to-talk"])
+    assert "--vad-window" in one_line_error(capsys, ["voice", ckpt, "--input", "-", "--vad-window", "0.1"])
+    assert "--listen-timeout" in one_line_error(capsys, ["voice", ckpt, "--input", "-", "--listen-timeout", "0"])
+    assert "--wake-word is empty" in one_line_error(capsys, ["voice", ckpt, "--input", "-", "--wake-word", " "])
 
 
 # ----------------------------------------------------------------------------- domain language model

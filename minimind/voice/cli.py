@@ -72,11 +72,12 @@ def make_backend(args):
         from .sphinx import SphinxBackend
 
         return SphinxBackend(wake, args.wake_threshold, lm=args.lm, model_dir=args.sphinx_model,
-                             dictionary=args.sphinx_dict, vad_window=args.vad_window)
+                             dictionary=args.sphinx_dict, vad_window=args.vad_window or 0.3)
     from .sherpa import SherpaBackend
 
     return SherpaBackend(wake, args.wake_threshold, kws_model=args.kws_model, asr_model=args.asr_model,
-                         vad_model=args.vad_model, sense_voice=args.sense_voice, threads=args.threads)
+                         vad_model=args.vad_model, sense_voice=args.sense_voice, threads=args.threads,
+                         trailing_silence=args.vad_window or 0.8)
 
 
 def check_flags(args) -> None:
@@ -84,6 +85,8 @@ def check_flags(args) -> None:
         raise UserError("--push-to-talk needs the microphone; with --input use --no-wake-word")
     if args.wake_word is not None and not args.wake_word.strip():
         raise UserError("--wake-word is empty; use --no-wake-word to answer every utterance")
+    if args.vad_window is not None and not 0.2 <= args.vad_window <= 5:  # pocketsphinx needs >= 0.2
+        raise UserError(f"--vad-window must be between 0.2 and 5 seconds, got {args.vad_window}")
     if args.listen_timeout <= 0:
         raise UserError(f"--listen-timeout must be > 0 seconds, got {args.listen_timeout}")
     if args.backend == "sphinx" and (args.kws_model or args.asr_model or args.vad_model or args.sense_voice):
@@ -206,8 +209,9 @@ def add_commands(sub) -> None:
                    help="sphinx: build a domain language model from the questions in PATH (a `minimind data "
                         "synth` directory, conversation JSONL, or text with one sentence a line); "
                         "strongly recommended: see docs/voice.md")
-    g.add_argument("--vad-window", type=float, default=0.3,
-                   help="sphinx: seconds of silence that end an utterance (default 0.3)")
+    g.add_argument("--vad-window", type=float, default=None,
+                   help="seconds of silence that end an utterance (default: sphinx 0.3, sherpa 0.8; shorter "
+                        "answers sooner but cuts questions at pauses)")
     g.add_argument("--sphinx-model", default=None, metavar="DIR", help="sphinx: another acoustic model directory")
     g.add_argument("--sphinx-dict", default=None, metavar="FILE", help="sphinx: another pronunciation dictionary")
     g.add_argument("--kws-model", default=None, metavar="DIR",
