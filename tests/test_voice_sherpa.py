@@ -161,3 +161,18 @@ def test_threshold_must_be_a_probability(tmp_path, monkeypatch):
     monkeypatch.setattr(sherpa, "import_sherpa", fake_sherpa)
     with pytest.raises(UserError, match="probability in"):
         sherpa.SherpaBackend("hey mind", threshold=-40, asr_model=model_dir(tmp_path / "asr"))
+
+
+def test_a_hand_made_keywords_file(tmp_path, monkeypatch):
+    from minimind.errors import UserError
+    from minimind.voice import sherpa
+
+    monkeypatch.setattr(sherpa, "import_sherpa", fake_sherpa)
+    kws, asr = model_dir(tmp_path / "kws"), model_dir(tmp_path / "asr")  # no bpe.model: nothing to spell with
+    (tmp_path / "keywords.txt").write_text("▁HE Y ▁MI ND @hey_mind\n")
+    b = sherpa.SherpaBackend("hey mind", kws_model=kws, asr_model=asr, kws_keywords=tmp_path / "keywords.txt")
+    assert [h.wake for h in feed(b, audio("HEY", "MIND", "HELLO", *[0] * 6))] == [True]
+    with pytest.raises(UserError, match="--kws-keywords .*no such file"):
+        sherpa.SherpaBackend("hey mind", kws_model=kws, asr_model=asr, kws_keywords=tmp_path / "nope.txt")
+    with pytest.raises(UserError, match="no bpe.model"):
+        sherpa.SherpaBackend("hey mind", kws_model=kws, asr_model=asr)

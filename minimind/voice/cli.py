@@ -77,7 +77,7 @@ def make_backend(args):
 
     return SherpaBackend(wake, args.wake_threshold, kws_model=args.kws_model, asr_model=args.asr_model,
                          vad_model=args.vad_model, sense_voice=args.sense_voice, threads=args.threads,
-                         trailing_silence=args.vad_window or 0.8)
+                         trailing_silence=args.vad_window or 0.8, kws_keywords=args.kws_keywords)
 
 
 def check_flags(args) -> None:
@@ -89,8 +89,10 @@ def check_flags(args) -> None:
         raise UserError(f"--vad-window must be between 0.2 and 5 seconds, got {args.vad_window}")
     if args.listen_timeout <= 0:
         raise UserError(f"--listen-timeout must be > 0 seconds, got {args.listen_timeout}")
-    if args.backend == "sphinx" and (args.kws_model or args.asr_model or args.vad_model or args.sense_voice):
-        raise UserError("--kws-model/--asr-model/--vad-model/--sense-voice are sherpa-onnx models: add --backend sherpa")
+    sherpa_only = (args.kws_model, args.kws_keywords, args.asr_model, args.vad_model, args.sense_voice)
+    if args.backend == "sphinx" and any(sherpa_only):
+        raise UserError("--kws-model/--kws-keywords/--asr-model/--vad-model/--sense-voice are sherpa-onnx "
+                        "flags: add --backend sherpa")
     if args.speak:
         from .tts import espeak
 
@@ -216,6 +218,8 @@ def add_commands(sub) -> None:
     g.add_argument("--sphinx-dict", default=None, metavar="FILE", help="sphinx: another pronunciation dictionary")
     g.add_argument("--kws-model", default=None, metavar="DIR",
                    help="sherpa: keyword-spotting zipformer (tokens.txt, encoder/decoder/joiner .onnx)")
+    g.add_argument("--kws-keywords", default=None, metavar="FILE",
+                   help="sherpa: a keywords file from `sherpa-onnx-cli text2token` instead of spelling --wake-word")
     g.add_argument("--asr-model", default=None, metavar="DIR",
                    help="sherpa: streaming zipformer transducer with endpoint detection")
     g.add_argument("--vad-model", default=None, metavar="FILE", help="sherpa: silero_vad.onnx (with --sense-voice)")

@@ -106,7 +106,7 @@ class SherpaBackend:
 
     def __init__(self, wake_word: str | None = "hey mind", threshold: float | None = None, kws_model=None,
                  asr_model=None, vad_model=None, sense_voice=None, threads: int = 2,
-                 trailing_silence: float = 0.8):
+                 trailing_silence: float = 0.8, kws_keywords=None):
         files = check_models(kws_model, asr_model, vad_model, sense_voice)
         so = import_sherpa()
         self.wake_word, self.clock, self.woke = wake_word, 0, False
@@ -115,9 +115,7 @@ class SherpaBackend:
             raise UserError(f"--wake-threshold {threshold}: the sherpa keyword threshold is a probability in (0, 1)")
         self.kws = None
         if wake_word and "kws" in files:
-            self._tmp = tempfile.TemporaryDirectory(prefix="minimind-kws-")
-            kw_file = Path(self._tmp.name) / "keywords.txt"
-            kw_file.write_text(keywords_line(so, wake_word, Path(kws_model)) + "\n", encoding="utf-8")
+            kw_file = self._keywords_file(so, wake_word, Path(kws_model), kws_keywords)
             self.kws = so.KeywordSpotter(**files["kws"], keywords_file=str(kw_file), num_threads=threads,
                                          sample_rate=RATE, keywords_threshold=threshold)
             self.kws_stream = self.kws.create_stream()
@@ -141,6 +139,17 @@ class SherpaBackend:
             self.vad = so.VoiceActivityDetector(cfg, buffer_size_in_seconds=60)
             self.window = cfg.silero_vad.window_size
             self.pending = np.zeros(0, dtype=np.float32)
+
+    def _keywords_file(self, so, wake_word: str, kws_model: Path, given) -> Path:
+        """A keywords file made by hand (`sherpa-onnx-cli text2token`), or --wake-word spelled for the model."""
+        if given is not None:
+            if not Path(given).is_file():
+                raise UserError(f"--kws-keywords {given}: no such file")
+            return Path(given)
+        self._tmp = tempfile.TemporaryDirectory(prefix="minimind-kws-")
+        path = Path(self._tmp.name) / "keywords.txt"
+        path.write_text(keywords_line(so, wake_word, kws_model) + "\n", encoding="utf-8")
+        return path
 
     # ------------------------------------------------------------------ the interface
     def accept(self, pcm: np.ndarray) -> list[Heard]:
