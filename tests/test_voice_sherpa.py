@@ -176,3 +176,19 @@ def test_a_hand_made_keywords_file(tmp_path, monkeypatch):
         sherpa.SherpaBackend("hey mind", kws_model=kws, asr_model=asr, kws_keywords=tmp_path / "nope.txt")
     with pytest.raises(UserError, match="no bpe.model"):
         sherpa.SherpaBackend("hey mind", kws_model=kws, asr_model=asr)
+
+
+def test_a_model_the_library_rejects_is_one_line(tmp_path, monkeypatch):
+    from minimind.errors import UserError
+    from minimind.voice import sherpa
+
+    def broken(**kw):
+        raise RuntimeError("Load model from encoder.onnx failed: Protobuf parsing failed")
+
+    so = fake_sherpa()
+    so.OnlineRecognizer = types.SimpleNamespace(from_transducer=broken)
+    monkeypatch.setattr(sherpa, "import_sherpa", lambda: so)
+    with pytest.raises(UserError, match="--asr-model: sherpa-onnx could not load the model .*Protobuf"):
+        sherpa.SherpaBackend(None, asr_model=model_dir(tmp_path / "asr"))
+    with pytest.raises(UserError, match="--kws-keywords needs --kws-model"):
+        sherpa.SherpaBackend(None, asr_model=tmp_path / "asr", kws_keywords=tmp_path / "k.txt")

@@ -79,6 +79,14 @@ def keywords_line(so, wake: str, model_dir: Path) -> str:
     return " ".join(units[0]) + " @" + "_".join(wake.split())
 
 
+def _load(flag: str, make):
+    """Build a sherpa-onnx object; a file it rejects (wrong model kind, corrupt download) is one line."""
+    try:
+        return make()
+    except (RuntimeError, ValueError, AssertionError, TypeError) as e:
+        raise UserError(f"{flag}: sherpa-onnx could not load the model ({e}); is it the right kind? {HELP}") from None
+
+
 def check_models(kws_model, asr_model, vad_model, sense_voice) -> dict:
     """Validate the model flags before anything loads -> the files each model needs."""
     files = {}
@@ -108,6 +116,8 @@ class SherpaBackend:
                  asr_model=None, vad_model=None, sense_voice=None, threads: int = 2,
                  trailing_silence: float = 0.8, kws_keywords=None):
         files = check_models(kws_model, asr_model, vad_model, sense_voice)
+        if kws_keywords is not None and kws_model is None:
+            raise UserError("--kws-keywords needs --kws-model (the model the keywords are spelled for)")
         so = import_sherpa()
         self.wake_word, self.clock, self.woke = wake_word, 0, False
         threshold = KWS_THRESHOLD if threshold is None else threshold
@@ -116,29 +126,36 @@ class SherpaBackend:
         self.kws = None
         if wake_word and "kws" in files:
             kw_file = self._keywords_file(so, wake_word, Path(kws_model), kws_keywords)
-            self.kws = so.KeywordSpotter(**files["kws"], keywords_file=str(kw_file), num_threads=threads,
-                                         sample_rate=RATE, keywords_threshold=threshold)
+            self.kws = _load("--kws-model", lambda: so.KeywordSpotter(
+                **files["kws"], keywords_file=str(kw_file), num_threads=threads, sample_rate=RATE,
+                keywords_threshold=threshold))
             self.kws_stream = self.kws.create_stream()
         recogniser = f"streaming zipformer {asr_model}" if asr_model else f"Silero VAD + SenseVoice {sense_voice}"
         self.summary = f"sherpa-onnx: {recogniser}" + (f", keyword spotter {kws_model}" if self.kws else "")
+        self.asr = None
         if "asr" in files:
-            self.asr = so.OnlineRecognizer.from_transducer(
-                **files["asr"], num_threads=threads, sample_rate=RATE, enable_endpoint_detection=True,
-                rule1_min_trailing_silence=2.4, rule2_min_trailing_silence=trailing_silence,
-                rule3_min_utterance_length=20.0)
-            self.stream, self.utt_start = self.asr.create_stream(), None
+            self._online(so, files["asr"], threads, trailing_silence)
         else:
-            self.asr = None
-            self.offline = so.OfflineRecognizer.from_sense_voice(**files["sense_voice"], num_threads=threads,
-                                                                 sample_rate=RATE, use_itn=True)
-            cfg = so.VadModelConfig()
-            cfg.silero_vad.model = files["vad"]
-            cfg.silero_vad.min_silence_duration = trailing_silence
-            cfg.sample_rate = RATE
-            cfg.num_threads = 1
-            self.vad = so.VoiceActivityDetector(cfg, buffer_size_in_seconds=60)
-            self.window = cfg.silero_vad.window_size
-            self.pending = np.zeros(0, dtype=np.float32)
+            self._vad_sense_voice(so, files, threads, trailing_silence)
+
+    def _online(self, so, files: dict, threads: int, trailing_silence: float) -> None:
+        self.asr = _load("--asr-model", lambda: so.OnlineRecognizer.from_transducer(
+            **files, num_threads=threads, sample_rate=RATE, enable_endpoint_detection=True,
+            rule1_min_trailing_silence=2.4, rule2_min_trailing_silence=trailing_silence,
+            rule3_min_utterance_length=20.0))
+        self.stream, self.utt_start = self.asr.create_stream(), None
+
+    def _vad_sense_voice(self, so, files: dict, threads: int, trailing_silence: float) -> None:
+        self.offline = _load("--sense-voice", lambda: so.OfflineRecognizer.from_sense_voice(
+            **files["sense_voice"], num_threads=threads, sample_rate=RATE, use_itn=True))
+        cfg = so.VadModelConfig()
+        cfg.silero_vad.model = files["vad"]
+        cfg.silero_vad.min_silence_duration = trailing_silence
+        cfg.sample_rate = RATE
+        cfg.num_threads = 1
+        self.vad = _load("--vad-model", lambda: so.VoiceActivityDetector(cfg, buffer_size_in_seconds=60))
+        self.window = cfg.silero_vad.window_size
+        self.pending = np.zeros(0, dtype=np.float32)
 
     def _keywords_file(self, so, wake_word: str, kws_model: Path, given) -> Path:
         """A keywords file made by hand (`sherpa-onnx-cli text2token`), or --wake-word spelled for the model."""
