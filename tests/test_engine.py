@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from minimind.checkpoint import resolve_checkpoint
 from minimind.cli import main
 from minimind.train.engine import TrainConfig, lr_factor
 
@@ -44,7 +45,9 @@ def test_pretrain_learns_and_writes_checkpoint(corpus, tokenizer_dir, tmp_path):
              str(corpus / "eval" / "heldout_pretrain.jsonl"))
     ls = losses(tmp_path / "run")
     assert ls[30] < ls[1] - 1.0  # it learns
-    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt = tmp_path / "run" / "checkpoint" / "step-0000030"
+    assert (tmp_path / "run" / "checkpoint" / "latest").read_text() == "step-0000030\n"
+    assert resolve_checkpoint(tmp_path / "run") == ckpt
     assert {"config.json", "model.safetensors", "tokenizer.json", "train_state.pt", "run.json"} <= {
         p.name for p in ckpt.iterdir()}
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -63,10 +66,14 @@ def test_resume_gives_identical_losses(corpus, tokenizer_dir, tmp_path):
     assert [a[s] for s in range(1, 13)] == [b[s] for s in range(1, 13)]  # exactly equal
 
 
-def test_resume_without_checkpoint_is_a_clear_error(corpus, tokenizer_dir, tmp_path, capsys):
+def test_resume_without_checkpoint_starts_fresh_and_says_so(corpus, tokenizer_dir, tmp_path, capsys):
     argv = ["pretrain", "--data", str(corpus / "pretrain.jsonl"), "--tokenizer", str(tokenizer_dir),
             "--out", str(tmp_path / "none"), *TINY, "--steps", "2", "--resume"]
-    assert main(argv) == 2
+    assert main(argv) == 0  # a scheduler can always pass --resume
+    out = capsys.readouterr().out
+    assert "no checkpoint in" in out and "starting fresh" in out
+    assert sorted(losses(tmp_path / "none")) == [1, 2]
+    assert main(argv[:-1] + ["--resume-from", str(tmp_path / "nowhere")]) == 2  # a named one must exist
     assert "no resumable checkpoint" in capsys.readouterr().err
 
 
@@ -92,11 +99,9 @@ def test_sft_from_pretrained_inherits_tokenizer_and_config(corpus, tokenizer_dir
             "--out", str(tmp_path / "sft"), *OPT, "--max-seq-len", "128", "--batch-size", "4",
             "--steps", "20"]
     assert main(argv) == 0
-    pt_cfg = json.loads((tmp_path / "pt" / "checkpoint" / "config.json").read_text())
-    sft_cfg = json.loads((tmp_path / "sft" / "checkpoint" / "config.json").read_text())
-    assert pt_cfg == sft_cfg
-    assert (tmp_path / "sft" / "checkpoint" / "tokenizer.json").read_bytes() == \
-        (tmp_path / "pt" / "checkpoint" / "tokenizer.json").read_bytes()
+    pt, sft = resolve_checkpoint(tmp_path / "pt"), resolve_checkpoint(tmp_path / "sft")
+    assert json.loads((pt / "config.json").read_text()) == json.loads((sft / "config.json").read_text())
+    assert (sft / "tokenizer.json").read_bytes() == (pt / "tokenizer.json").read_bytes()
     ls = losses(tmp_path / "sft")
     assert sum(ls[s] for s in (18, 19, 20)) < sum(ls[s] for s in (1, 2, 3)) - 0.3  # it learns
 

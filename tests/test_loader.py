@@ -189,7 +189,8 @@ def test_dpo_pairs_stay_aligned_and_share_a_length(prepared):
     assert max(data.chosen.lengths().max(), data.rejected.lengths().max()) <= 513  # nothing cut here
     seen = []
     for batch in take(loader, len(loader)):
-        assert set(batch) == {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "n_tokens"}
+        assert set(batch) == {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "n_tokens",
+                              "index"}
         assert batch["chosen_input_ids"].shape == batch["rejected_input_ids"].shape
         rows = {}
         for side in ("chosen", "rejected"):
@@ -205,6 +206,7 @@ def test_dpo_pairs_stay_aligned_and_share_a_length(prepared):
                 assert y[r, : len(want)].tolist() == want and (y[r, len(want):] == -100).all()
                 rows[side].append(i)
         assert rows["chosen"] == rows["rejected"]  # the two halves of a pair on the same row
+        assert batch["index"].tolist() == rows["chosen"]  # each row's record index (DPO's reference cache key)
         seen += rows["chosen"]
         n = (batch["chosen_labels"] != -100).sum() + (batch["rejected_labels"] != -100).sum()
         assert batch["n_tokens"].item() == n.item()

@@ -337,6 +337,7 @@ class DPOLoader(_BucketLoader):
             rows = list(_rows(self.data.parts[name], idx, self.max_seq_len))
             batch[f"{name}_input_ids"], batch[f"{name}_labels"] = _pad(rows, width, self.pad_id)
         batch["n_tokens"] = (batch["chosen_labels"] != IGNORE).sum() + (batch["rejected_labels"] != IGNORE).sum()
+        batch["index"] = torch.from_numpy(idx.astype(np.int64))  # (B,) record indices (DPO's reference cache)
         return batch
 
 

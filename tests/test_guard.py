@@ -1,0 +1,111 @@
+"""Non-finite steps are skipped without touching weights, optimizer or schedule; runs of them stop
+the run naming the last good checkpoint; loss spikes are flagged."""
+
+import json
+
+import pytest
+import torch
+
+from minimind.data.loader import make_loader
+from minimind.errors import UserError
+from minimind.train.engine import TrainConfig, Trainer
+from minimind.train.guard import WARMUP, StepGuard
+from minimind.train.pretrain import LanguageModeling
+from tests.conftest import tiny_model
+
+
+class InfGrad(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose gradient overflows."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+class Faulty(LanguageModeling):
+    """The pretraining loss, made NaN on the calls in `nan_at` and given an inf gradient on `inf_at`."""
+
+    def __init__(self, nan_at=(), inf_at=()):
+        self.nan_at, self.inf_at, self.calls = set(nan_at), set(inf_at), 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss, metrics = super().loss(model, batch)
+        if self.calls in self.nan_at:
+            loss = loss * float("nan")
+        if self.calls in self.inf_at:
+            loss = InfGrad.apply(loss)
+        return loss, metrics
+
+
+def trainer(tok, data, tmp_path, objective, **kw):
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), batch_size=2, lr=1e-3, warmup=2, dtype="fp32", device="cpu",
+                      progress=False, log_every=1, **kw)
+    loader = make_loader(data, cfg.batch_size, 32, seed=0)
+    return Trainer(tiny_model(tok), objective, loader, tok, cfg)
+
+
+def snapshot(t: Trainer) -> dict:
+    return {"weights": {k: v.clone() for k, v in t.raw_model.state_dict().items()},
+            "moments": {k: {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in s.items()}
+                        for k, s in t.optimizer.state.items()},
+            "lr": [g["lr"] for g in t.optimizer.param_groups], "sched": t.scheduler.last_epoch}
+
+
+def same(a: dict, b: dict) -> bool:
+    return (a["lr"] == b["lr"] and a["sched"] == b["sched"]
+            and all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+            and a["moments"].keys() == b["moments"].keys()
+            and all(torch.equal(torch.as_tensor(a["moments"][p][n]), torch.as_tensor(b["moments"][p][n]))
+                    for p in a["moments"] for n in a["moments"][p]))
+
+
+@pytest.mark.parametrize("fault", ["nan_at", "inf_at"])
+def test_a_non_finite_step_changes_nothing(tok, pretrain_data, tmp_path, fault):
+    t = trainer(tok, pretrain_data, tmp_path, Faulty(**{fault: [3]}), steps=10)
+    it = iter(t.train_loader)
+    for _ in range(2):  # two good steps: AdamW has moments, the schedule has moved
+        assert "skipped" not in t.train_step(it)
+    before = snapshot(t)
+    m = t.train_step(it)  # the third call is the faulty one
+    assert m["skipped"]
+    assert same(before, snapshot(t))
+    assert all(p.grad is None for p in t.raw_model.parameters())  # no gradient left over for the next step
+    assert "skipped" not in t.train_step(it)  # the next batch trains normally
+    assert not same(before, snapshot(t))
+
+
+def test_run_skips_counts_and_logs(tok, pretrain_data, tmp_path):
+    t = trainer(tok, pretrain_data, tmp_path, Faulty(nan_at=[3], inf_at=[5]), steps=6)
+    m = t.fit()
+    assert t.step == 6 and t.scheduler.last_epoch == 6  # 6 applied steps, 2 batches more consumed
+    assert t.objective.calls == 8 and m["skipped_steps"] == 2
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    skipped = [r for r in rows if "skipped" in r]
+    assert [(r["step"], r["skipped"]) for r in skipped] == [(3, "non-finite loss"), (4, "non-finite gradient norm")]
+    assert sorted(r["step"] for r in rows if "loss" in r) == [1, 2, 3, 4, 5, 6]
+    assert all(torch.isfinite(p).all() for p in t.raw_model.parameters())
+
+
+def test_too_many_bad_steps_in_a_row_stop_naming_the_last_good_checkpoint(tok, pretrain_data, tmp_path):
+    t = trainer(tok, pretrain_data, tmp_path, Faulty(nan_at=range(5, 100)), steps=20, save_every=2,
+                max_bad_steps=3)
+    with pytest.raises(UserError, match=r"3 steps in a row .* Last good checkpoint: .*step-0000004"):
+        t.fit()
+    assert t.step == 4 and t.guard.bad_total == 3
+
+
+def test_spikes_are_flagged_after_warmup():
+    g = StepGuard()
+    level = [2.0 + 0.01 * ((i * 7) % 5) for i in range(WARMUP + 10)]
+    assert all(g.record_good(x) is None for x in level)
+    mean = g.mean
+    assert g.record_good(5.0) == pytest.approx(5.0 / mean)
+    assert g.record_good(2.01) is None
+    early = StepGuard()
+    assert all(early.record_good(x) is None for x in (8.0, 6.0, 9.0))  # no verdict during the first steps
+    assert g.record_bad() is False and g.bad_in_row == 1
