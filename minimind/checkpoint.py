@@ -258,13 +258,23 @@ class RunCheckpoints:
                     p.unlink(missing_ok=True)
 
 
+def _legacy_numpy_types() -> list:
+    """What a train_state.pt written before RNG states became tensors holds besides tensors: a
+    numpy array (the numpy RNG keys). Array reconstruction is data only; nothing else is allowed."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_train_state(ckpt) -> dict:
     """The resume state of a checkpoint (tensors and plain values only: weights_only=True)."""
     file = Path(ckpt) / TRAIN_STATE
     if not file.is_file():
         raise UserError(f"{ckpt}: no {TRAIN_STATE}; this checkpoint cannot be resumed (it has weights only)")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_legacy_numpy_types()):
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, never a traceback
         raise UserError(f"{file}: cannot read the resume state ({type(e).__name__}: {str(e)[:200]}); "
                         f"resume from an earlier checkpoint with --resume-from") from None
