@@ -116,3 +116,43 @@ def test_bad_flags_exit_2(corpus, tokenizer_dir, tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "missing.jsonl"), "--tokenizer", str(tokenizer_dir),
                  "--out", str(tmp_path / "y")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_resume_from_an_earlier_checkpoint_rewrites_metrics_once(corpus, tokenizer_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(corpus, tokenizer_dir, run, "--steps", "8", "--save-every", "2", "--keep-checkpoints", "0")
+    first = losses(run)
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
+        "latest", "step-0000002", "step-0000004", "step-0000006", "step-0000008"]
+    pretrain(corpus, tokenizer_dir, run, "--steps", "8", "--save-every", "2", "--keep-checkpoints", "0",
+             "--resume-from", str(run / "checkpoint" / "step-0000004"))
+    assert "resumed from" not in capsys.readouterr().out  # --no-progress: quiet
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 9))  # steps 5..8 once, not twice
+    assert losses(run) == first  # and exactly the same losses
+    # the steps after the resumed one were an abandoned future: replaced by the new ones
+    assert (run / "checkpoint" / "latest").read_text() == "step-0000008\n"
+
+
+def test_resume_reports_changed_flags_and_uses_the_new_lr(corpus, tokenizer_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(corpus, tokenizer_dir, run, "--steps", "6", "--stop-after", "3")
+    capsys.readouterr()
+    pretrain(corpus, tokenizer_dir, run, "--steps", "6", "--resume", "--lr", "1e-3")
+    err = capsys.readouterr().err
+    assert "warning: resume: --lr is 0.001 now, 0.003 in" in err and "used from step 3 on" in err
+    rows = {r["step"]: r for r in map(json.loads, open(run / "metrics.jsonl")) if "lr" in r}
+    assert rows[3]["lr"] == pytest.approx(3e-3) and rows[4]["lr"] == pytest.approx(1e-3)  # wsd: stable until 4
+
+
+def test_resuming_a_finished_run_does_nothing_and_reports(corpus, tokenizer_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(corpus, tokenizer_dir, run, "--steps", "3")
+    before = (run / "checkpoint" / "step-0000003" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    pretrain(corpus, tokenizer_dir, run, "--steps", "3", "--resume")
+    out = capsys.readouterr().out
+    assert "done: loss" in out and "step-0000003" in out
+    assert (run / "checkpoint" / "step-0000003" / "model.safetensors").read_bytes() == before
+    assert sorted(losses(run)) == [1, 2, 3]

@@ -378,7 +378,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        out = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}  # the lr just used
         for k, v in agg.items():
             out[k] = v if k == "n_tokens" else v / self.cfg.grad_accum
         out.update(self.experts.metrics(self.dist, self.device))
