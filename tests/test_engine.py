@@ -1,7 +1,9 @@
 """The training engine: schedule, resume equivalence, DDP equivalence, checkpoints, metrics."""
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +158,42 @@ def test_resuming_a_finished_run_does_nothing_and_reports(corpus, tokenizer_dir,
     assert "done: loss" in out and "step-0000003" in out
     assert (run / "checkpoint" / "step-0000003" / "model.safetensors").read_bytes() == before
     assert sorted(losses(run)) == [1, 2, 3]
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """Make `folder` refuse new files: permission bits for a normal user, the immutable flag for root
+    (root ignores permission bits). Skips the test where neither is possible."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr/CAP_LINUX_IMMUTABLE: cannot make a folder read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_data_folder_prepares_into_the_user_cache(corpus, tokenizer_dir, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus / "pretrain.jsonl", data / "pretrain.jsonl")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIMIND_CACHE", raising=False)
+    argv = ["pretrain", "--data", str(data / "pretrain.jsonl"), "--tokenizer", str(tokenizer_dir),
+            "--out", str(tmp_path / "run"), *TINY, "--steps", "2"]
+    with read_only(data):
+        with pytest.raises(OSError):
+            (data / "probe").write_text("x")  # it really is read-only
+        assert main(argv) == 0
+        assert main(argv + ["--cache-dir", str(tmp_path / "mine")]) == 0
+    assert sorted(p.name for p in data.iterdir()) == ["pretrain.jsonl"]
+    assert "is not writable; prepared data goes to" in capsys.readouterr().out
+    for cache in (tmp_path / "cache" / "minimind" / "prepared", tmp_path / "mine"):
+        assert [(p / "meta.json").is_file() for p in cache.glob("pretrain-pretrain-*")] == [True]
+    assert sorted(losses(tmp_path / "run")) == [1, 2]
