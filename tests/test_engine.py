@@ -197,3 +197,39 @@ def test_read_only_data_folder_prepares_into_the_user_cache(corpus, tokenizer_di
     for cache in (tmp_path / "cache" / "minimind" / "prepared", tmp_path / "mine"):
         assert [(p / "meta.json").is_file() for p in cache.glob("pretrain-pretrain-*")] == [True]
     assert sorted(losses(tmp_path / "run")) == [1, 2]
+
+
+def test_moe_runs_log_per_expert_load(corpus, tokenizer_dir, tmp_path):
+    pretrain(corpus, tokenizer_dir, tmp_path / "moe", "--steps", "3", "--num-experts", "4",
+             "--experts-per-tok", "1")
+    rows = [json.loads(line) for line in open(tmp_path / "moe" / "metrics.jsonl") if '"loss"' in line]
+    assert len(rows) == 3
+    for r in rows:
+        load = r["expert_load"]  # (layers, experts): share of the step's routed tokens
+        assert len(load) == 2 and all(len(layer) == 4 for layer in load)
+        assert all(abs(sum(layer) - 1) < 1e-3 for layer in load)
+        assert r["expert_imbalance"] == pytest.approx(max(max(layer) for layer in load) * 4, rel=1e-3)
+
+
+def test_expert_load_sums_micro_steps():
+    import torch
+
+    from minimind.config import ModelConfig
+    from minimind.model import MiniMindForCausalLM
+    from minimind.runtime import Dist
+    from minimind.train.metrics import ExpertLoad
+
+    model = MiniMindForCausalLM(ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2))
+    load = ExpertLoad(model)
+    layers = load.layers
+    for counts in ([3, 1, 0, 0], [1, 1, 2, 0]):  # two micro-batches
+        for m in layers:
+            m.expert_counts = counts
+        load.collect()
+    m = load.metrics(Dist(), torch.device("cpu"))
+    assert m["expert_load"] == [[0.5, 0.25, 0.25, 0.0]] * 2 and m["expert_imbalance"] == 2.0
+    assert load.metrics(Dist(), torch.device("cpu")) == {}  # reset after reading
+    with torch.no_grad():
+        model(torch.randint(0, 50, (2, 5)))
+    assert [sum(m.expert_counts) for m in layers] == [2 * 5 * 2] * 2  # tokens x top-k, per layer

@@ -109,3 +109,29 @@ def test_spikes_are_flagged_after_warmup():
     early = StepGuard()
     assert all(early.record_good(x) is None for x in (8.0, 6.0, 9.0))  # no verdict during the first steps
     assert g.record_bad() is False and g.bad_in_row == 1
+
+
+def test_a_scaler_only_where_fp16_trains():
+    from minimind.train.engine import make_scaler
+
+    cpu = torch.device("cpu")
+    assert make_scaler(torch.bfloat16, cpu) is None and make_scaler(torch.float32, cpu) is None  # fp32's range
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="fp16 training needs a GPU (CPUs have no fp16 matrix units; --dtype fp16 is refused there)")
+def test_fp16_trains_with_a_gradient_scaler(tok, pretrain_data, tmp_path):
+    t = trainer(tok, pretrain_data, tmp_path, Faulty(inf_at=[3]), steps=12, dtype="fp16", device="cuda",
+                save_every=6)
+    assert t.scaler is not None and t.scaler.is_enabled()
+    scale0 = t.scaler.get_scale()
+    m = t.fit()
+    assert m["skipped_steps"] == 1 and t.step == 12  # the overflow was skipped ...
+    assert t.scaler.get_scale() == scale0 / 2  # ... and halved the scale
+    assert all(torch.isfinite(p).all() for p in t.raw_model.parameters())
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    resumed = trainer(tok, pretrain_data, tmp_path, LanguageModeling(), steps=12, dtype="fp16", device="cuda",
+                      resume_from=str(tmp_path / "run" / "checkpoint" / "step-0000006"))
+    resumed.resume(resumed.resume_point())
+    assert resumed.scaler.get_scale() == scale0 / 2  # the scale is part of the resume state
