@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -17,6 +18,13 @@ SHAPE = ["--preset", "nano", "--hidden-size", "64", "--num-layers", "2", "--num-
 OPT = ["--batch-size", "4", "--max-seq-len", "64", "--dtype", "fp32", "--log-every", "1", "--no-progress",
        "--warmup", "2", "--lr", "3e-3"]
 TINY = SHAPE + OPT
+
+
+def free_port() -> int:
+    """A free TCP port for torchrun: other test runs on this machine may use torchrun too."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def losses(run_dir):
@@ -83,7 +91,7 @@ def test_resume_without_checkpoint_starts_fresh_and_says_so(corpus, tokenizer_di
 def test_ddp_two_processes_equal_one_process_with_double_accumulation(corpus, tokenizer_dir, tmp_path):
     pretrain(corpus, tokenizer_dir, tmp_path / "single", "--steps", "5", "--grad-accum", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "minimind.cli", "pretrain", "--data", str(corpus / "pretrain.jsonl"),
            "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "ddp"), *TINY, "--steps", "5",
            "--device", "cpu"]
