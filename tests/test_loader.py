@@ -247,6 +247,30 @@ def test_resume_yields_exactly_the_next_batches(prepared, name, make):
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("name,make", LOADER_CASES[:2])
+def test_a_position_converts_to_another_batch_size(prepared, name, make):
+    """Pretraining windows and packed SFT rows come in an order that does not depend on the batch
+    size: resuming with batches of 1 continues with exactly the rows that were next."""
+    data = prepared[name]
+    loader = make(data, seed=0)
+    take(loader, 2)
+    state = loader.state_dict()
+    nxt = take(loader, 1)[0]  # 3 rows
+    resumed = SFTLoader(data, 1, 64, seed=0) if name == "sft" else PretrainLoader(data, 1, 16, seed=0)
+    resumed.load_state_dict(state)
+    singles = take(resumed, 3)
+    for r, single in enumerate(singles):
+        w = single["input_ids"].shape[1]
+        for key in ("input_ids", "labels", *(("segments",) if name == "sft" else ())):
+            assert torch.equal(single[key][0], nxt[key][r, :w])
+    with pytest.raises(UserError, match="batch_size"):  # length buckets depend on the batch size: refused
+        DPOLoader(prepared["dpo"], 4, 64, seed=0).load_state_dict(make_dpo_state(prepared))
+
+
+def make_dpo_state(prepared):
+    return DPOLoader(prepared["dpo"], 2, 64, seed=0).state_dict()
+
+
 @pytest.mark.parametrize("name,make", LOADER_CASES)
 def test_two_ranks_cover_what_one_process_sees(prepared, name, make):
     data = prepared[name]

@@ -109,12 +109,21 @@ class _Loader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, **self._settings()}
 
+    def regroupable(self) -> bool:
+        """Is an epoch's order of samples independent of batch_size (batches are consecutive groups)?
+        Then a position saved with another batch size converts: the same samples count as seen."""
+        return False
+
     def load_state_dict(self, state: dict) -> None:
+        cursor = int(state["cursor"])
         for key, now in self._settings().items():
+            if key == "batch_size" and self.regroupable() and isinstance(state.get(key), int):
+                cursor = cursor * state[key] // now  # samples seen, regrouped into batches of the new size
+                continue
             if state.get(key) != now:
                 raise UserError(f"data position was saved with {key}={state.get(key)!r}, now {key}={now!r}; "
                                 f"resume with the same data and batch settings (or start a fresh run)")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.epoch, self.cursor = int(state["epoch"]), cursor
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -139,6 +148,9 @@ class PretrainLoader(_Loader):
     def _settings(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "batch_size": self.batch_size,
                 "seq_len": self.seq_len, "n_tokens": len(self.tokens)}
+
+    def regroupable(self) -> bool:
+        return True  # one permutation of windows per epoch, cut into consecutive batches
 
     def _make_plan(self, rng):
         n_batches = self.n_windows // self.batch_size
@@ -281,6 +293,9 @@ class SFTLoader(_BucketLoader):
 
     def _settings(self) -> dict:
         return {**super()._settings(), "pack": self.pack}
+
+    def regroupable(self) -> bool:
+        return self.pack  # packed rows do not depend on the batch size; length buckets do
 
     def _make_plan(self, rng):
         if not self.pack:

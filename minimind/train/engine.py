@@ -108,8 +108,8 @@ class TrainConfig:
 
 
 # flags whose change on resume is worth a warning (the new value wins)
-WATCHED = ("lr", "muon_lr", "steps", "time_budget", "grad_accum", "schedule", "warmup", "min_lr_ratio",
-           "decay_frac", "weight_decay", "betas", "grad_clip", "dtype")
+WATCHED = ("lr", "muon_lr", "steps", "time_budget", "batch_size", "grad_accum", "schedule", "warmup",
+           "min_lr_ratio", "decay_frac", "weight_decay", "betas", "grad_clip", "dtype")
 NO_CAP = 10**12  # "no step limit" under a time budget
 
 
