@@ -104,12 +104,11 @@ def exp_lora(run: Path, work: Path, args) -> dict:
 def exp_dpo(run: Path, work: Path, args) -> dict:
     from minimind.data.loader import DPOLoader
     from minimind.train.dpo import preference_accuracy
-    from minimind.runtime import Dist
     from minimind.train.run import prepared_data
 
     data = run / "data"
     base, tok = load(run / "sft")
-    held = DPOLoader(prepared_data(str(data / "eval/heldout_dpo.jsonl"), tok, "dpo", 384, "error", Dist(),
+    held = DPOLoader(prepared_data(str(data / "eval/heldout_dpo.jsonl"), tok, "dpo", 384, "error",
                                    progress=False), 16, 384, seed=0)
     pref_before = preference_accuracy(base, held)
     before = tasks(base, tok, data / "eval/heldout.jsonl")
