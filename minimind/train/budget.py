@@ -12,8 +12,9 @@ N from the time left and the mean time of a step so far:
     t_step   mean wall time per step over the steps after the run's first one (the first pays
              for allocation and compilation); periodic evaluations and saves fall between steps,
              so their cost is spread over the steps
-    reserve  the final evaluation (the last one's measured time, else an estimate from t_step)
-             and the final save (estimated from the checkpoint's size)
+    reserve  the final evaluation (the last one's measured time, else eval batches times the
+             measured time of a training forward pass) and the final save (estimated from the
+             checkpoint's size)
 
 and stops as soon as N = s. The learning-rate schedule is the step schedule over the planned N,
 so warmup, stable and decay are fractions of the budget: the decay of `--schedule wsd` takes the
@@ -35,7 +36,6 @@ import time
 from ..errors import UserError
 
 WARMUP_MAX_FRAC = 0.25  # under a time budget, warmup takes at most this share of the planned steps
-EVAL_FRACTION = 0.5  # an evaluation batch costs about this share of a training micro-step (forward only)
 SAVE_OVERHEAD_S = 0.5  # a checkpoint save: fixed cost (tokenizer, fsync) ...
 SAVE_BYTES_PER_S = 200e6  # ... plus its bytes at a modest disk speed
 
@@ -68,6 +68,8 @@ class TimeBudget:
         self.steps_timed = 0
         self.first_step_s = None  # the run's first step (used until a second is timed)
         self.eval_s = None  # last evaluation's duration
+        self.forward_s = 0.0  # sum of training forward passes (micro-batches), the first step's excluded
+        self.forwards_timed = 0
         self.mark = None  # clock at the end of the previous step (or the loop's start)
 
     def spent(self) -> float:
@@ -86,6 +88,12 @@ class TimeBudget:
             self.step_s += dt
             self.steps_timed += 1
 
+    def forward_done(self, seconds: float) -> None:
+        """A training forward pass took `seconds`: what an evaluation batch costs."""
+        if self.first_step_s is not None:  # the first step's forwards pay for warm-up
+            self.forward_s += seconds
+            self.forwards_timed += 1
+
     def eval_done(self, seconds: float) -> None:
         self.eval_s = seconds
 
@@ -95,19 +103,22 @@ class TimeBudget:
     def plan(self, step: int, eval_batches: int, grad_accum: int, save_bytes: int) -> int:
         """Total steps so the run (with its final evaluation and save) ends within the budget."""
         t = max(self.step_time(), 1e-9)
-        final_eval = self.eval_s if self.eval_s is not None else eval_batches * t / grad_accum * EVAL_FRACTION
+        forward = self.forward_s / self.forwards_timed if self.forwards_timed else t / grad_accum / 3
+        final_eval = self.eval_s if self.eval_s is not None else eval_batches * forward
         reserve = final_eval + SAVE_OVERHEAD_S + save_bytes / SAVE_BYTES_PER_S
         left = self.seconds - self.spent() - reserve
         return step + max(0, math.floor(left / t))
 
     def state_dict(self) -> dict:
         return {"seconds": self.seconds, "spent": self.spent(), "step_s": self.step_s,
-                "steps_timed": self.steps_timed, "first_step_s": self.first_step_s, "eval_s": self.eval_s}
+                "steps_timed": self.steps_timed, "first_step_s": self.first_step_s, "eval_s": self.eval_s,
+                "forward_s": self.forward_s, "forwards_timed": self.forwards_timed}
 
     def load_state_dict(self, d: dict) -> None:
         self.spent_before = d["spent"]  # this process's own time (startup included) adds to it
         self.step_s, self.steps_timed = d["step_s"], d["steps_timed"]
         self.first_step_s, self.eval_s = d["first_step_s"], d["eval_s"]
+        self.forward_s, self.forwards_timed = d.get("forward_s", 0.0), d.get("forwards_timed", 0)
 
 
 def warmup_steps(warmup: int, total: int, budgeted: bool) -> int:

@@ -43,6 +43,8 @@ def _print_final(m: dict, out: str, keys=("loss", "eval_loss", "tokens_per_s", "
 
     shown = [k for k in keys if isinstance(m.get(k), (int, float))]
     skipped = f", {m['skipped_steps']} non-finite steps skipped" if m.get("skipped_steps") else ""
+    if m.get("budget_s"):
+        skipped += f", {m['spent_s']:.1f} s of the {m['budget_s']:g} s budget"
     print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in shown) + skipped + tail
           + f"; checkpoint: {resolve_checkpoint(out)}")
 

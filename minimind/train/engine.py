@@ -303,11 +303,11 @@ class Trainer:
         self.scheduler.base_lrs = [lr for lr, _, _ in fresh]
         for g, (lr, wd, betas) in zip(self.optimizer.param_groups, fresh):
             g["initial_lr"] = lr
-            g["lr"] = lr * lr_factor(self.step, self.cfg, self.total)
             if wd is not None:
                 g["weight_decay"] = wd
             if betas is not None:
                 g["betas"] = betas
+        self._set_lr()
 
     def _check_and_warn(self, path: Path) -> None:
         """Refuse what cannot be resumed; warn about flags that changed since the checkpoint."""
@@ -337,16 +337,19 @@ class Trainer:
     def micro_step(self, batch, last: bool):
         sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
         with sync:
+            t0 = self.clock()
             with autocast(self.device, self.dtype):
                 loss, metrics = self.objective.loss(self.model, batch)
+            if self.budget:  # the forward's time prices the final evaluation
+                _sync(self.device)
+                self.budget.forward_done(self.clock() - t0)
             scaled = loss / self.cfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return loss.detach(), metrics
 
     def train_step(self, data_iter) -> dict:
-        """One optimizer step (A micro-batches). Returns its metrics; "skipped" is in them when
-        the loss or gradient norm was not finite and nothing was updated. The caller steps the
-        scheduler (after re-planning the run's length, so the next lr sees the new plan)."""
+        """One optimizer step (A micro-batches) and its scheduler step. Returns its metrics;
+        "skipped" is in them when the loss or gradient norm was not finite and nothing was updated."""
         self.model.train()
         total, agg = 0.0, {}
         for a in range(self.cfg.grad_accum):
@@ -379,6 +382,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}  # the lr just used
+        self.scheduler.step()
         for k, v in agg.items():
             out[k] = v if k == "n_tokens" else v / self.cfg.grad_accum
         out.update(self.experts.metrics(self.dist, self.device))
@@ -422,6 +426,12 @@ class Trainer:
         if self.dist.enabled:
             dist.broadcast(n, src=0)  # rank 0's clock decides for everyone
         self.total = min(int(n.item()), self.cfg.steps or NO_CAP)
+        self._set_lr()  # the next step's lr over the new plan
+
+    def _set_lr(self) -> None:
+        """lr of every group for the next step: base * lr_factor(step, total) (LambdaLR's own formula)."""
+        for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            g["lr"] = base * lr_factor(self.scheduler.last_epoch, self.cfg, self.total)
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -445,6 +455,8 @@ class Trainer:
             self.log.close()
         last["elapsed_s"] = self.clock() - self._t0
         last["skipped_steps"] = self.guard.bad_total
+        if self.budget:  # the command's time as the budget counts it (setup, steps, evaluations, saves)
+            last["budget_s"], last["spent_s"] = self.budget.seconds, self.budget.spent()
         return last
 
     def _loop(self, last: dict) -> dict:
@@ -470,7 +482,6 @@ class Trainer:
                 m["loss_spike"] = round(spike, 3)
                 _say(f"step {self.step}: loss spike {m['loss']:.3f} ({spike:.2f}x the recent average)")
             self.plan()
-            self.scheduler.step()  # the lr of the next step, over the (re-)planned total
             bar.total = self.total if self.total < NO_CAP else None
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
                 m.update(self.evaluate())
@@ -514,6 +525,11 @@ class Trainer:
                 f"{self.step + 1}); training stopped. Last good checkpoint: "
                 f"{latest if latest is not None else 'none saved yet'}. Lower --lr, keep --grad-clip on, "
                 f"use --dtype bf16 or fp32, or check the data; continue with --resume-from CHECKPOINT")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _to_device(batch: dict, device) -> dict:

@@ -125,7 +125,7 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--schedule", default=d["schedule"], choices=["cosine", "wsd", "constant"],
                    help="lr schedule after warmup (wsd = warmup-stable-decay)")
     g.add_argument("--decay-frac", type=float, default=0.2, help="wsd: share of steps spent decaying")
-    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay on matrices")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw, or muon for hidden matrices (+adamw for the rest)")
@@ -134,7 +134,7 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
                    help="auto (bf16 where fast), bf16, fp16 (GPU, with a gradient scaler), fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42, help="initial weights, data order and dropout")
     r = p.add_argument_group("run")
     r.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
     r.add_argument("--eval-batches", type=int, default=20, help="held-out batches per evaluation (per process)")
