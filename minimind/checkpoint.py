@@ -157,15 +157,22 @@ def is_lora_checkpoint(path) -> bool:
     return (path / ADAPTER).is_file() and not (path / WEIGHTS).is_file()
 
 
+_digests: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: loading a LoRA run checks its base more than once
+
+
 def weights_digest(ckpt) -> str:
     """sha256 of a checkpoint's weight file (its adapter file for a LoRA checkpoint)."""
     ckpt = Path(ckpt)
     file = ckpt / WEIGHTS if (ckpt / WEIGHTS).is_file() else ckpt / "adapter_model.safetensors"
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    st = file.stat()
+    key = (str(file.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
 
 
 # ----------------------------------------------------------------------------- a run's checkpoints

@@ -35,6 +35,7 @@ lr(step): linear warmup to lr over `warmup` steps, then either cosine decay to l
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -270,10 +271,14 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         st = load_train_state(path)
-        self._check_and_warn(path)
+        self._check_and_warn(path, st["step"])
         load_model_state(self.raw_model, path)
         fresh = [(g["initial_lr"], g.get("weight_decay"), g.get("betas")) for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(st["optimizer"])
+        try:
+            self.optimizer.load_state_dict(st["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{path}: its optimizer state does not fit this model ({e}); resume with the "
+                            f"model and LoRA settings it was trained with, or start fresh") from None
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.tokens_seen = st["step"], st["tokens_seen"]
         mine = self._for_rank
@@ -289,6 +294,8 @@ class Trainer:
             self.total = min(st["total"], self.cfg.steps or NO_CAP)
         self._apply_new_hyperparameters(fresh)  # after the plan: the next lr depends on it
         self.last_metrics = st.get("last_metrics") or {}
+        if self.last_metrics.get("target_reached"):
+            self.total = self.step  # the run had reached --target-loss: it is finished
         self.saved_step = self.step
         self.checkpoints.fresh = False
 
@@ -309,10 +316,8 @@ class Trainer:
                 g["betas"] = betas
         self._set_lr()
 
-    def _check_and_warn(self, path: Path) -> None:
+    def _check_and_warn(self, path: Path, step: int) -> None:
         """Refuse what cannot be resumed; warn about flags that changed since the checkpoint."""
-        import json
-
         try:
             saved = json.loads((path / "run.json").read_text()).get("train", {})
         except (OSError, ValueError):
@@ -327,11 +332,7 @@ class Trainer:
             if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != \
                     (list(new) if isinstance(new, (list, tuple)) else new):
                 print(f"minimind: warning: resume: --{key.replace('_', '-')} is {new} now, {old} in {path}; "
-                      f"the new value is used from step {self.step_of(path)} on", file=sys.stderr)
-
-    @staticmethod
-    def step_of(path: Path) -> str:
-        return path.name.removeprefix("step-").lstrip("0") or "0"
+                      f"the new value is used from step {step} on", file=sys.stderr)
 
     # ---------------------------------------------------------------- steps
     def micro_step(self, batch, last: bool):

@@ -107,7 +107,7 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     add_model_args(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-seq-len", type=int, default=d["max_seq_len"],
-                   help=f"tokens per row (pretrain) / longest conversation (default {d['max_seq_len']})")
+                   help="tokens per row (pretrain) / longest conversation (default %(default)s)")
     g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs worth; with --time-budget: a cap)")
     g.add_argument("--epochs", type=float, help="passes over the data when --steps is not given (default 1; "
                                                 "with --time-budget: a cap only when given)")
@@ -115,13 +115,14 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
                                          "(and the lr schedule over them) are planned from measured speed so the "
                                          "command ends on time (docs/training.md)")
     g.add_argument("--batch-size", action=BatchSizeAction, default=d["batch_size"],
-                   help=f"rows per micro-batch per process (default {d['batch_size']}); 'auto': keep "
-                        "default x --grad-accum rows per step and use the largest micro-batch that fits memory")
+                   help="rows per micro-batch per process (default %(default)s); 'auto': keep the default x "
+                        "--grad-accum rows per step and use the largest micro-batch that fits memory")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']})")
+    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of --lr")
     g.add_argument("--warmup", type=int, default=d["warmup"],
-                   help="linear warmup steps (under --time-budget at most a quarter of the planned steps)")
+                   help="linear warmup steps (default %(default)s; under --time-budget at most a quarter of "
+                        "the planned steps)")
     g.add_argument("--schedule", default=d["schedule"], choices=["cosine", "wsd", "constant"],
                    help="lr schedule after warmup (wsd = warmup-stable-decay)")
     g.add_argument("--decay-frac", type=float, default=0.2, help="wsd: share of steps spent decaying")
