@@ -135,3 +135,20 @@ def test_fp16_trains_with_a_gradient_scaler(tok, pretrain_data, tmp_path):
                       resume_from=str(tmp_path / "run" / "checkpoint" / "step-0000006"))
     resumed.resume(resumed.resume_point())
     assert resumed.scaler.get_scale() == scale0 / 2  # the scale is part of the resume state
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_scaler_mechanics_on_cpu(tok, pretrain_data, tmp_path, optimizer):
+    """The engine's scaler path (scale, unscale before clipping, skip and halve on overflow), run with
+    a CPU scaler over fp32 math: what fp16 on a GPU does, minus the fp16 matmuls."""
+    t = trainer(tok, pretrain_data, tmp_path, Faulty(inf_at=[2]), steps=4, optimizer=optimizer)
+    t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    plain = trainer(tok, pretrain_data, tmp_path / "plain", LanguageModeling(), steps=4, optimizer=optimizer)
+    it, plain_it = iter(t.train_loader), iter(plain.train_loader)
+    first, ref = t.train_step(it), plain.train_step(plain_it)
+    assert first["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)  # unscaled before the norm
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(t.raw_model.parameters(), plain.raw_model.parameters()))
+    before = snapshot(t)
+    assert t.train_step(it)["skipped"] and same(before, snapshot(t))
+    assert t.scaler.get_scale() == 2.0**9  # the overflow halved the scale
+    assert "skipped" not in t.train_step(it)
