@@ -26,7 +26,12 @@ SFTLoader / DPOLoader cannot pack without masking attention across conversations
 they bucket by length instead: shuffle, then within chunks of ~100 batches' worth of
 tokens sort conversations by length and cut batches under a token budget (batch_size *
 max_seq_len padded tokens), so similar lengths share a batch (little padding) and short
-conversations make batches with more rows. The batch order is shuffled again.
+conversations make batches with more rows. The batch order is shuffled again. DPO
+batches also carry `index` (B,): each pair's record index (the reference-log-prob cache key).
+
+Resuming with another batch size: pretraining windows and packed SFT rows come in an order
+that does not depend on the batch size (batches are consecutive groups of it), so a saved
+position converts to the new size; length buckets depend on it, so there it is refused.
 """
 
 from __future__ import annotations
