@@ -102,3 +102,13 @@ def test_cli_time_budget_ends_before_its_step_cap(corpus, tokenizer_dir, tmp_pat
         (tmp_path / "run" / "checkpoint" / "latest").read_text().strip(), "run.json").read_text())
     assert run["train"]["time_budget"] == 3.0
     assert main(argv[:-4] + ["--time-budget", "soon"]) == 2
+
+
+def test_a_budget_smaller_than_one_step_still_ends_with_a_checkpoint(tok, pretrain_data, tmp_path, capsys):
+    clock = FakeClock()
+    t = budget_run(tok, pretrain_data, tmp_path / "run", 3.0, clock, dt=5.0, eval_data=pretrain_data,
+                   eval_batches=2)
+    m = t.fit()
+    assert t.step == 1 and clock.t == 5.0  # one step (nothing is known before it), no late evaluation
+    assert "eval_loss" not in m and "no time left for the final evaluation" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint" / "latest").read_text() == "step-0000001\n"

@@ -16,7 +16,9 @@ N from the time left and the mean time of a step so far:
              measured time of a training forward pass) and the final save (estimated from the
              checkpoint's size)
 
-and stops as soon as N = s. The learning-rate schedule is the step schedule over the planned N,
+and stops as soon as N = s. (The first step always runs: nothing is known before it. When it
+alone overruns a tiny budget, the final evaluation is skipped rather than run late; the final save
+always happens.) The learning-rate schedule is the step schedule over the planned N,
 so warmup, stable and decay are fractions of the budget: the decay of `--schedule wsd` takes the
 last `--decay-frac` of the steps the budget allows, whatever the machine's speed. Warmup is
 `--warmup` steps but at most WARMUP_MAX_FRAC of N, so a budget of a few seconds still reaches
@@ -100,14 +102,22 @@ class TimeBudget:
     def step_time(self) -> float:
         return self.step_s / self.steps_timed if self.steps_timed else self.first_step_s
 
+    def eval_time(self, eval_batches: int, grad_accum: int) -> float:
+        """Expected seconds of an evaluation: the last one's, else its batches' forward passes."""
+        if self.eval_s is not None:
+            return self.eval_s
+        forward = self.forward_s / self.forwards_timed if self.forwards_timed else self.step_time() / grad_accum / 3
+        return eval_batches * forward
+
     def plan(self, step: int, eval_batches: int, grad_accum: int, save_bytes: int) -> int:
         """Total steps so the run (with its final evaluation and save) ends within the budget."""
         t = max(self.step_time(), 1e-9)
-        forward = self.forward_s / self.forwards_timed if self.forwards_timed else t / grad_accum / 3
-        final_eval = self.eval_s if self.eval_s is not None else eval_batches * forward
-        reserve = final_eval + SAVE_OVERHEAD_S + save_bytes / SAVE_BYTES_PER_S
+        reserve = self.eval_time(eval_batches, grad_accum) + SAVE_OVERHEAD_S + save_bytes / SAVE_BYTES_PER_S
         left = self.seconds - self.spent() - reserve
         return step + max(0, math.floor(left / t))
+
+    def affords(self, seconds: float) -> bool:
+        return self.spent() + seconds <= self.seconds
 
     def state_dict(self) -> dict:
         return {"seconds": self.seconds, "spent": self.spent(), "step_s": self.step_s,

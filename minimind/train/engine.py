@@ -499,7 +499,7 @@ class Trainer:
                 self.save()
         bar.close()
         if self.step >= self.total and "eval_loss" not in last and self.eval_loader is not None:
-            final = self.evaluate()
+            final = self.evaluate() if self._final_eval_fits() else {}
             if final:
                 self.log.log(self.step, final)
                 last.update(final)
@@ -507,6 +507,19 @@ class Trainer:
         if self.saved_step != self.step:
             self.save()
         return last
+
+    def _final_eval_fits(self) -> bool:
+        """Under a time budget, is there time left for the final evaluation? (Same on every rank.)"""
+        if not self.budget:
+            return True
+        ok = torch.tensor([self.budget.affords(self.budget.eval_time(self.cfg.eval_batches, self.cfg.grad_accum))],
+                          device=self.device)
+        if self.dist.enabled:
+            dist.broadcast(ok, src=0)
+        if not ok.item() and self.dist.is_main:
+            _say(f"--time-budget: no time left for the final evaluation ({self.budget.spent():.0f} s of "
+                 f"{self.budget.seconds:g} s spent); skipped")
+        return bool(ok.item())
 
     def _skipped(self, m: dict) -> None:
         """Log a skipped (non-finite) step; stop the run after too many in a row."""
