@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimind.checkpoint import load_checkpoint, resolve_checkpoint
+from minimind.checkpoint import load_checkpoint, load_train_state, resolve_checkpoint
 from minimind.data.loader import SFTLoader
 from minimind.data.prepare import load_prepared
 from minimind.train.sft import SupervisedFineTuning
@@ -56,6 +56,9 @@ def test_target_loss_stops_all_ranks_together_and_lora_saves_once(corpus, tok, t
     ckpt = resolve_checkpoint(tmp_path / "b")
     assert ckpt.name == f"step-{stop:07d}" and (ckpt / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["adapter", "checkpoint", "metrics.jsonl"]
+    st = load_train_state(ckpt)  # every rank's RNG and data position, one entry per rank
+    assert len(st["rng"]) == len(st["data"]) == 2
+    assert not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])  # seeded seed + rank
     assert not [p for p in (tmp_path / "b").rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
     merged, _ = load_checkpoint(tmp_path / "b")
     x = torch.tensor([tok.encode("Who are you?")])
