@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "minimind.infer.server_cli",   # serve
     "minimind.export.cli",         # export hf | gguf | ollama, import hf
     "minimind.train.plot",         # plot
+    "minimind.voice.cli",          # voice
 ]
 
 

@@ -273,7 +273,7 @@ def _read_weights(src: Path) -> dict:
         index = src / index_name
         if index.is_file():
             shards = sorted(set(_read_config(index).get("weight_map", {}).values()))
-            files = [src / s for s in shards]
+            files = [_shard_path(src, s, index) for s in shards]
         elif (src / single).is_file():
             files = [src / single]
         else:
@@ -292,6 +292,18 @@ def _read_weights(src: Path) -> dict:
         return weights
     raise UserError(f"{src}: no weights found (model.safetensors, model.safetensors.index.json "
                     "or pytorch_model.bin)")
+
+
+def _shard_path(src: Path, name, index: Path) -> Path:
+    """A shard named by an index file, refused unless it lies inside the import folder (no ../, no
+    absolute path, no link leading out): a downloaded index must not read files elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{index}: weight_map values must be shard file names, got {name!r}")
+    path = (src / name).resolve()
+    if not path.is_relative_to(src.resolve()):
+        raise UserError(f"{index}: shard {name!r} points outside {src}; refusing to read it "
+                        f"(shards must be files inside the model folder)")
+    return path
 
 
 def _get(d: dict, key: str, default=None, where: str = ""):
