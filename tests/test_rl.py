@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from minimind.checkpoint import load_checkpoint, save_checkpoint
+from minimind.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from minimind.config import ModelConfig
 from minimind.model import MiniMindForCausalLM
 from minimind.runtime import freeze
@@ -106,21 +106,29 @@ def test_responses_keep_their_stop_token_and_masks_cover_them(sft, prompts):
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo", "spo", "cispo"])
-def test_every_algorithm_trains_through_the_engine(sft, prompts, tmp_path, algo, monkeypatch):
+def test_every_algorithm_trains_through_the_engine(sft, prompts, corpus, tmp_path, algo, monkeypatch):
     from minimind.train.rl import train as rl_train
 
     monkeypatch.setattr(rl_train, "build_reward", lambda rc, think, device: LengthReward())
     cfg = RLConfig(algo=algo, init=str(sft), data=str(prompts), rollouts=2,
-                   rollout=RolloutConfig(prompts_per_rollout=2, group_size=3, max_new_tokens=10))
+                   rollout=RolloutConfig(prompts_per_rollout=2, group_size=3, max_new_tokens=10),
+                   eval_data=str(corpus / "eval" / "heldout.jsonl") if algo == "grpo" else None, eval_limit=2)
     tc = TrainConfig(out_dir=str(tmp_path / algo), lr=1e-2, warmup=0, schedule="constant", dtype="fp32",
                      device="cpu", progress=False, log_every=1)
     m = train_rl(cfg, tc)
     assert {"loss", "kl_k3", "reward", "entropy"} <= set(m)
+    if algo == "grpo":  # held-out accuracy before and after, through the engine's evaluators
+        assert {"acc/add", "acc/add_before", "acc/fact", "acc/fact_before"} <= set(m)
     before = load_checkpoint(sft)[0].state_dict()
-    after = load_checkpoint(tmp_path / algo / "checkpoint")[0].state_dict()
+    after = load_checkpoint(tmp_path / algo)[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("zero_var_frac" in r for r in rows)
+    if algo == "ppo":  # the critic trained with the policy and is saved in the resume state
+        from minimind.checkpoint import load_train_state
+
+        head = load_train_state(resolve_checkpoint(tmp_path / algo))["objective"]["value_head"]
+        assert float(head["weight"].abs().sum()) > 0 and "value_loss" in rows[-1]
 
 
 def test_resume_of_an_rl_run_is_exact(sft, prompts, tmp_path, monkeypatch):
@@ -138,8 +146,8 @@ def test_resume_of_an_rl_run_is_exact(sft, prompts, tmp_path, monkeypatch):
     run(tmp_path / "whole")
     run(tmp_path / "parts", stop_after=3)  # mid-rollout: the buffer and the SPO tracker are saved
     run(tmp_path / "parts", resume=True)
-    a = load_checkpoint(tmp_path / "whole" / "checkpoint")[0].state_dict()
-    b = load_checkpoint(tmp_path / "parts" / "checkpoint")[0].state_dict()
+    a = load_checkpoint(tmp_path / "whole")[0].state_dict()
+    b = load_checkpoint(tmp_path / "parts")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -166,7 +174,7 @@ def test_cli_runs_grpo_and_reports_bad_flags(sft, prompts, tmp_path, capsys):
     rc = main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rollouts", "1",
                "--prompts-per-rollout", "2", "--group-size", "2", "--max-new-tokens", "6", "--dtype", "fp32",
                "--device", "cpu", "--no-progress", "--max-refills", "0"])
-    assert rc == 0 and (out / "checkpoint" / "model.safetensors").is_file()
+    assert rc == 0 and (resolve_checkpoint(out) / "model.safetensors").is_file()
     assert "done: reward" in capsys.readouterr().out
     assert main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--temperature", "0"]) == 2
     assert "--temperature must be > 0" in capsys.readouterr().err

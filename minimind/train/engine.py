@@ -62,8 +62,10 @@ class Objective(Protocol):
     useful (non-padding) tokens trained on. Optional: `eval_loss(model, batch)` for held-out
     evaluation when it differs from the training loss, `to(device)` to move frozen helper models
     (a reference, a teacher), and `state_dict()` / `load_state_dict(d)` for state that must
-    survive a resume (e.g. a running baseline). Nothing may depend on `model.training`: the
-    engine says which loss it wants by calling `loss` or `eval_loss`.
+    survive a resume (e.g. a running baseline), and `parameters()` for trainable weights the
+    objective owns besides the model's (PPO's value head): the engine optimises, clips, averages
+    across ranks and saves them (through `state_dict`) with the model. Nothing may depend on
+    `model.training`: the engine says which loss it wants by calling `loss` or `eval_loss`.
     """
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]: ...
@@ -131,16 +133,18 @@ def param_groups(model, weight_decay: float):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model, cfg: TrainConfig, device: torch.device):
+def build_optimizer(model, cfg: TrainConfig, device: torch.device, extra=()):
+    """AdamW (or Muon + AdamW) over the model's trainable parameters; `extra` parameters (an
+    objective's own, e.g. PPO's value head) join AdamW without weight decay."""
     if cfg.optimizer == "muon":
         from .muon import build_muon
 
-        return build_muon(model, cfg)
+        return build_muon(model, cfg, extra)
     if cfg.optimizer != "adamw":
         raise UserError(f"--optimizer {cfg.optimizer!r}: choose adamw or muon")
     kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=tuple(cfg.betas), eps=1e-8, **kw)
+    groups = param_groups(model, cfg.weight_decay) + ([{"params": list(extra), "weight_decay": 0.0}] if extra else [])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **kw)
 
 
 def lr_factor(step: int, cfg: TrainConfig, total: int | None = None) -> float:
@@ -188,7 +192,8 @@ class Trainer:
 
     def __init__(self, model, objective, train_loader, tokenizer, cfg: TrainConfig,
                  eval_loader=None, run_config: dict | None = None, dist_info: Dist | None = None,
-                 device: torch.device | None = None, clock=time.monotonic, started_at: float | None = None):
+                 device: torch.device | None = None, clock=time.monotonic, started_at: float | None = None,
+                 evaluators=()):
         self.cfg = cfg
         self.dist = dist_info or Dist()
         self.device = device or pick_device(cfg.device)
@@ -196,6 +201,9 @@ class Trainer:
         self.objective = objective
         self.tokenizer = tokenizer
         self.train_loader, self.eval_loader = train_loader, eval_loader
+        # evaluators: functions model -> {metric: value}, run (on rank 0) at every evaluation, e.g.
+        # held-out task accuracy during RL or greedy sample generations
+        self.evaluators = list(evaluators)
         # every evaluation reads the same held-out batches
         self._eval_start = eval_loader.state_dict() if eval_loader is not None else None
         self.out_dir = Path(cfg.out_dir)
@@ -214,7 +222,8 @@ class Trainer:
         self.budget = TimeBudget(cfg.time_budget, clock, started_at) if cfg.time_budget else None
         # planned number of steps: --steps, or under a time budget re-planned after every step
         self.total = cfg.steps if not self.budget else (cfg.steps or NO_CAP)
-        self.optimizer = build_optimizer(self.raw_model, cfg, self.device)
+        self.extra_params = list(objective.parameters()) if hasattr(objective, "parameters") else []
+        self.optimizer = build_optimizer(self.raw_model, cfg, self.device, self.extra_params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, self.total))
         self.scaler = make_scaler(self.dtype, self.device)
         self.guard = StepGuard(cfg.max_bad_steps)
@@ -360,9 +369,14 @@ class Trainer:
             total += loss.float()
             for k, v in metrics.items():
                 agg[k] = agg.get(k, 0.0) + _scalar(v)
+        if self.dist.enabled:  # DDP averages the model's gradients; an objective's own are averaged here
+            for p in self.extra_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.dist.world_size
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # true gradients, for the norm and the clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+        grad_norm = torch.nn.utils.clip_grad_norm_([*self.raw_model.parameters(), *self.extra_params],
                                                    self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
         loss = total / self.cfg.grad_accum
         if self.dist.enabled:  # the global mean loss and token count: every rank decides alike
@@ -391,7 +405,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean held-out loss over cfg.eval_batches batches per rank, averaged over all ranks."""
+        """Mean held-out loss over cfg.eval_batches batches per rank, averaged over all ranks; then
+        the evaluators' metrics (rank 0 only: they are logged, never used to stop)."""
+        out = self._eval_loss()
+        if self.evaluators and self.dist.is_main:
+            t0 = self.clock()
+            self.model.eval()
+            for fn in self.evaluators:
+                out.update(fn(self.raw_model))
+            self.model.train()
+            if self.budget:
+                self.budget.eval_done(self.clock() - t0)
+        return out
+
+    def _eval_loss(self) -> dict:
         if self.eval_loader is None:
             return {}
         t0 = self.clock()
@@ -498,7 +525,7 @@ class Trainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total:
                 self.save()
         bar.close()
-        if self.step >= self.total and "eval_loss" not in last and self.eval_loader is not None:
+        if self.step >= self.total and "eval_loss" not in last and (self.eval_loader is not None or self.evaluators):
             final = self.evaluate() if self._final_eval_fits() else {}
             if final:
                 self.log.log(self.step, final)

@@ -30,6 +30,7 @@ def parse_rules(text: str) -> dict:
 
 
 def cmd_rl(args):
+    from ..budget import parse_duration
     from ..engine import TrainConfig
     from .rollout import RolloutConfig
     from .train import RewardConfig, RLConfig, train_rl
@@ -58,12 +59,16 @@ def cmd_rl(args):
     train = TrainConfig(
         out_dir=args.out, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, dtype=args.dtype, device=args.device,
-        seed=args.seed, save_every=args.save_every, log_every=args.log_every, resume=args.resume,
+        seed=args.seed, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+        eval_every=args.eval_every, time_budget=parse_duration(args.time_budget) if args.time_budget else 0.0,
+        resume_from=args.resume_from or "", log_every=args.log_every, resume=args.resume,
         stop_after=args.stop_after, progress=not args.no_progress, wandb=args.wandb, swanlab=args.swanlab,
         tensorboard=args.tensorboard)
+    from ...checkpoint import resolve_checkpoint
+
     m = train_rl(cfg, train)
     keys = [k for k in ("reward", "kl_k1", "clip_frac", "response_len") if k in m]
-    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f"; checkpoint: {args.out}/checkpoint")
+    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f"; checkpoint: {resolve_checkpoint(args.out)}")
 
 
 def add_rl_command(sub, algo: str) -> None:
@@ -123,6 +128,11 @@ def add_rl_command(sub, algo: str) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--save-every", type=int, default=0, help="optimizer steps between checkpoints")
+    t.add_argument("--keep-checkpoints", type=int, default=3, help="step checkpoints kept (0: all)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="optimizer steps between held-out evaluations (--eval-data; 0: only before and after)")
+    t.add_argument("--time-budget", default=None, help="stop on time, e.g. 10m (the schedule follows the budget)")
+    t.add_argument("--resume-from", default=None, help="continue from this checkpoint directory")
     t.add_argument("--log-every", type=int, default=1)
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly where it stopped")
     t.add_argument("--stop-after", type=int, default=0, help="stop with a checkpoint after this step")
@@ -136,32 +146,33 @@ def add_rl_command(sub, algo: str) -> None:
 # ----------------------------------------------------------------------------- reward model
 
 def cmd_reward_train(args):
-    from ...checkpoint import load_checkpoint
+    from ...checkpoint import load_checkpoint, resolve_checkpoint
+    from ...data.loader import DPOLoader
     from ...reward.model import BradleyTerry, RewardModel, pair_accuracy, save_center
     from ...runtime import seed_everything
-    from ..run import run_training
+    from ..run import prepared_data, run_config, run_training
 
     if not args.init:
         raise UserError("reward train: pass --init CHECKPOINT (an SFT model: its trunk starts the reward model)")
+    cfg = run_config(args, "reward")
     seed_everything(args.seed)
     lm, tok = load_checkpoint(args.init)
     rm = RewardModel.from_causal_lm(lm)
     suffix = tok.encode("\n")
-    objective = BradleyTerry(tok.pad_id, suffix)
-    m = run_training("reward", args, objective, data_kind="dpo", model_and_tok=(rm, tok))
-    from ...data.loader import DPOLoader
-    from ...runtime import Dist
-    from ..run import prepared_data
+    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix), data_kind="dpo", model_and_tok=(rm, tok))
 
-    ckpt = f"{args.out}/checkpoint"
-    train_data = prepared_data(args.data, tok, "dpo", args.max_seq_len, args.on_bad_record, Dist(), progress=False)
-    center = pair_accuracy(rm, DPOLoader(train_data, args.batch_size, args.max_seq_len), tok.pad_id, suffix)
-    save_center(ckpt, center["score_mean"])
-    line = f"done: loss {m['loss']:.4g}, train pair accuracy {center['accuracy']:.1%}"
+    def accuracy(path):
+        data = prepared_data(path, tok, "dpo", cfg.max_seq_len, cfg.on_bad_record, cfg.cache_dir, progress=False,
+                             verbose=False)
+        return pair_accuracy(rm, DPOLoader(data, cfg.train.batch_size, cfg.max_seq_len), tok.pad_id, suffix)
+
+    ckpt = resolve_checkpoint(args.out)
+    train_acc = accuracy(args.data)
+    save_center(ckpt, train_acc["score_mean"])  # rewards are centred on the training pairs' mean score
+    line = f"done: loss {m['loss']:.4g}, train pair accuracy {train_acc['accuracy']:.1%}"
     if args.eval_data:
-        held = prepared_data(args.eval_data, tok, "dpo", args.max_seq_len, args.on_bad_record, Dist(), progress=False)
-        acc = pair_accuracy(rm, DPOLoader(held, args.batch_size, args.max_seq_len), tok.pad_id, suffix)
-        line += f", held-out pair accuracy {acc['accuracy']:.1%} ({acc['pairs']} pairs)"
+        held = accuracy(args.eval_data)
+        line += f", held-out pair accuracy {held['accuracy']:.1%} ({held['pairs']} pairs)"
     print(line + f"; reward model: {ckpt} (use it with --reward-model)")
 
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import UserError
-from ...runtime import freeze, init_distributed, pick_dtype, seed_everything
+import time
+
+from ...runtime import Dist, freeze, join_process_group, pick_dtype, process_device, seed_everything
 from .objectives import ALGORITHMS
 from .rollout import RolloutConfig, RolloutSource, load_rl_records
 
@@ -107,11 +109,17 @@ def engine_sampler(model, tok):
     return generate
 
 
-def heldout_accuracy(model, tok, path, limit, think: bool) -> dict:
+def heldout_evaluator(tok, path, limit, think: bool):
+    """model -> {"acc/<family>": accuracy} on a held-out tasks file (read once)."""
     from ...eval.tasks import evaluate_tasks, load_heldout
 
-    res = evaluate_tasks(model, tok, load_heldout(path, limit), think=think)
-    return {f"acc/{k}": v["accuracy"] for k, v in res["families"].items()}
+    records = load_heldout(path, limit)
+
+    def evaluate(model) -> dict:
+        res = evaluate_tasks(model, tok, records, think=think)
+        return {f"acc/{k}": v["accuracy"] for k, v in res["families"].items()}
+
+    return evaluate
 
 
 def train_rl(cfg: RLConfig, train) -> dict:
@@ -119,7 +127,9 @@ def train_rl(cfg: RLConfig, train) -> dict:
     from ...checkpoint import load_checkpoint
     from ..engine import Trainer
 
-    d, device = init_distributed(train.device)
+    started = time.monotonic()
+    d = Dist.from_env()
+    device = process_device(d, train.device)
     try:
         seed_everything(train.seed)
         policy, tok = load_checkpoint(cfg.init)
@@ -127,6 +137,7 @@ def train_rl(cfg: RLConfig, train) -> dict:
         ref = freeze(copy.deepcopy(policy))
         reward = build_reward(cfg.reward, cfg.rollout.think, device)
         records = load_rl_records(cfg.data, cfg.on_bad_record, need_gt=reward.needs_gt())
+        join_process_group(d, device)
         objective = build_objective(cfg, policy.config.hidden_size)
         rollout = cfg.rollout if objective.uses_groups else dataclasses.replace(cfg.rollout, group_size=1)
         train = dataclasses.replace(train, steps=cfg.rollouts * rollout.steps_per_rollout,
@@ -137,24 +148,24 @@ def train_rl(cfg: RLConfig, train) -> dict:
         ref.to(device=device, dtype=dtype if dtype != torch.float32 else None)
         source = RolloutSource(records, tok, policy, ref, objective, reward, engine_sampler(policy, tok), rollout,
                                seed=train.seed, rank=d.rank, world_size=d.world_size, dtype=dtype)
-        before = {}
-        if cfg.eval_data and d.is_main and not train.resume:
-            before = heldout_accuracy(policy, tok, cfg.eval_data, cfg.eval_limit, rollout.think)
-            print("held-out accuracy before: " + ", ".join(f"{k[4:]} {v:.1%}" for k, v in before.items()))
+        evaluators, before = [], {}
+        if cfg.eval_data:
+            evaluators.append(heldout_evaluator(tok, cfg.eval_data, cfg.eval_limit, rollout.think))
+            if d.is_main and not (train.resume or train.resume_from):
+                before = evaluators[0](policy)
+                print("held-out accuracy before: " + ", ".join(f"{k[4:]} {v:.1%}" for k, v in before.items()))
         run_config = {"stage": cfg.algo, "model": policy.config.to_dict(), "data": cfg.data, "argv": sys.argv[1:]}
         if d.is_main and train.progress:
             print(f"{cfg.algo}: {len(records)} prompts, {cfg.rollouts} rollouts x {rollout.prompts_per_rollout} "
                   f"prompts x {rollout.group_size if objective.uses_groups else 1} samples, "
                   f"{train.steps} optimizer steps, lr {train.lr:g} -> {train.out_dir}")
-        trainer = Trainer(policy, objective, source, tok, train, run_config=run_config, dist_info=d, device=device)
+        trainer = Trainer(policy, objective, source, tok, train, run_config=run_config, dist_info=d, device=device,
+                          started_at=started, evaluators=evaluators)
         final = trainer.fit()
-        if cfg.eval_data and d.is_main:
-            after = heldout_accuracy(policy, tok, cfg.eval_data, cfg.eval_limit, rollout.think)
+        if before:
             final.update({f"{k}_before": v for k, v in before.items()})
-            final.update(after)
-            if before:
-                print("held-out accuracy: " + ", ".join(f"{k[4:]} {before.get(k, float('nan')):.1%} -> {v:.1%}"
-                                                        for k, v in after.items()))
+            print("held-out accuracy: " + ", ".join(f"{k[4:]} {before[k]:.1%} -> {final[k]:.1%}"
+                                                    for k in before if k in final))
         return final
     finally:
         import torch.distributed as dist
