@@ -42,7 +42,7 @@ def sft(tok, tmp_path_factory):
     torch.manual_seed(0)
     model = MiniMindForCausalLM(ModelConfig(
         vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.im_start_id,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.im_start_id,
         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
     return save_checkpoint(tmp_path_factory.mktemp("rl") / "sft", model, tok)
 
