@@ -33,6 +33,12 @@ def cmd_eval_report(args):
     run_eval_report(args)
 
 
+def cmd_eval_lm_eval_task(args):
+    from .lm_eval_task import run_lm_eval_task
+
+    run_lm_eval_task(args)
+
+
 def _scoring_args(s, batch_size: int) -> None:
     """Flags every log-likelihood command shares."""
     s.add_argument("--batch-size", type=int, default=batch_size, help=f"rows per forward pass (default {batch_size})")
@@ -136,3 +142,12 @@ def add_commands(sub) -> None:
     s.add_argument("--no-plot", action="store_true", help="write only the JSON")
     _scoring_args(s, 8)
     s.set_defaults(func=cmd_eval_length)
+
+    s = ev.add_parser("lm-eval-task", help="write an lm-eval task YAML over a minimind mcq.jsonl",
+                      description="Writes NAME.yaml for EleutherAI's lm-evaluation-harness: the same prompts "
+                      "and scoring as `minimind eval mc`, so `lm_eval --model hf --model_args "
+                      "pretrained=EXPORT --include_path OUT --tasks NAME` can be compared with it.")
+    s.add_argument("--data", default="data/builtin/eval/heldout_mcq.jsonl", help="mcq JSONL file")
+    s.add_argument("--out", default="lm_eval_tasks", help="directory for the YAML (default lm_eval_tasks)")
+    s.add_argument("--name", default="minimind_mcq", help="task name (default minimind_mcq)")
+    s.set_defaults(func=cmd_eval_lm_eval_task)

@@ -175,7 +175,7 @@ def run_eval_length(args) -> dict:
     train_len = args.train_length or training_length(args.checkpoint)
     if train_len is None:
         raise UserError(f"{args.checkpoint}: the training length is not recorded in the checkpoint; pass --train-length")
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else default_lengths(train_len)
+    lengths = args.lengths or default_lengths(train_len)
     res = evaluate_length(sm, args.data, lengths, train_len, args.yarn_factor, args.original_length,
                           args.tokens, args.batch_size, progress=not args.no_progress)
     print(format_length(res))
