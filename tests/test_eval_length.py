@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from minimind.errors import UserError
 from minimind.eval.length import curve, default_lengths, evaluate_length, token_stream
 from minimind.eval.loglik import Row, ScoringModel, score_rows
 from minimind.model import rope_frequencies
-from tests.test_eval_loglik import tiny_model
+from tests.test_eval_loglik import run_cli, tiny_model
 
 
 @pytest.fixture()
@@ -78,23 +76,21 @@ def test_too_little_text(sm, tmp_path):
         evaluate_length(sm, f, [32, 64], train_len=32)
 
 
-def test_cli_writes_json_and_png(tok, corpus, tmp_path):
+def test_cli_writes_json_and_png(tok, corpus, tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "ckpt", tiny_model(tok.vocab_size, max_pos=128), tok,
                            train_state={"data": {"seq_len": 32}})
     out = tmp_path / "len"
     data = corpus / "eval" / "heldout_pretrain.jsonl"
-    r = subprocess.run([sys.executable, "-m", "minimind.cli", "eval", "length", str(ckpt), "--data", str(data),
-                        "--lengths", "32,64,256", "--tokens", "512", "--out", str(out), "--no-progress"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, stdout, err = run_cli(capsys, "eval", "length", ckpt, "--data", data, "--lengths", "32,64,256",
+                                "--tokens", "512", "--out", out, "--no-progress")
+    assert code == 0, err
     res = json.loads((out / "length.json").read_text())
     assert res["train_length"] == 32 and res["lengths"] == [32, 64, 256] and res["yarn"]["factor"] == 8
     assert (out / "length.png").read_bytes()[:4] == b"\x89PNG"
-    assert "ppl YaRN" in r.stdout
+    assert "ppl YaRN" in stdout
     bare = save_checkpoint(tmp_path / "bare", tiny_model(tok.vocab_size), tok)
-    r = subprocess.run([sys.executable, "-m", "minimind.cli", "eval", "length", str(bare), "--data", str(data)],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "pass --train-length" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "minimind.cli", "eval", "length", str(bare), "--data", str(data),
-                        "--lengths", "32,x"], capture_output=True, text=True)
-    assert r.returncode == 2 and "expected a positive integer, got 'x'" in r.stderr
+    code, _, err = run_cli(capsys, "eval", "length", bare, "--data", data)
+    assert code == 2 and "pass --train-length" in err
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, "eval", "length", bare, "--data", data, "--lengths", "32,x")
+    assert e.value.code == 2 and "expected a positive integer, got 'x'" in capsys.readouterr().err

@@ -2,9 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -182,22 +179,35 @@ def test_load_scoring_model_keeps_fp32_weights(ckpt):
     assert not any(p.requires_grad for p in sm.model.parameters())
 
 
-def run_cli(*argv):
-    return subprocess.run([sys.executable, "-m", "minimind.cli", *map(str, argv)], capture_output=True, text=True)
+def run_cli(capsys, *argv):
+    """`minimind ARGV` in this process -> (exit code, stdout, stderr)."""
+    from minimind.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_ppl_json_and_bad_file(ckpt, tmp_path):
+def test_cli_ppl_json_and_bad_file(ckpt, tmp_path, capsys):
     f = write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "ppl.json"
-    r = run_cli("eval", "ppl", ckpt, "--data", f, "--json", out, "--no-progress")
-    assert r.returncode == 0, r.stderr
+    code, stdout, err = run_cli(capsys, "eval", "ppl", ckpt, "--data", f, "--json", out, "--no-progress")
+    assert code == 0, err
     res = json.loads(out.read_text())
-    assert res["seq_len"] == 96 and f"ppl {res['ppl']:.3f}" in r.stdout
+    assert res["seq_len"] == 96 and f"ppl {res['ppl']:.3f}" in stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 5}\n')
-    r = run_cli("eval", "ppl", ckpt, "--data", bad, "--no-progress")
-    assert r.returncode == 2 and "bad.jsonl:2: 'text' must be a string" in r.stderr
-    assert "Traceback" not in r.stderr
+    code, _, err = run_cli(capsys, "eval", "ppl", ckpt, "--data", bad, "--no-progress")
+    assert code == 2 and "bad.jsonl:2: 'text' must be a string" in err
     dpo = write_jsonl(tmp_path / "dpo.jsonl", [{"chosen": [], "rejected": []}])
-    r = run_cli("eval", "ppl", ckpt, "--data", dpo, "--no-progress")
-    assert r.returncode == 2 and "ppl reads text" in r.stderr
+    code, _, err = run_cli(capsys, "eval", "ppl", ckpt, "--data", dpo, "--no-progress")
+    assert code == 2 and "ppl reads text" in err
+
+
+def test_cli_bad_flag_values(ckpt, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, "eval", "ppl", ckpt, "--data", "x.jsonl", "--seq-len", "0")
+    assert e.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "eval", "ppl", ckpt, "--data", "x.jsonl", "--seq-len", "100000")
+    assert code == 2 and "--seq-len 100000 exceeds the model's 256 positions" in err

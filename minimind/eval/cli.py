@@ -65,6 +65,10 @@ def _lengths(value: str) -> list[int]:
     return [_positive(v.strip()) for v in value.split(",") if v.strip()]
 
 
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def add_commands(sub) -> None:
     from ..cli import command_group
     from ..infer.quant import add_quantize_arg
@@ -151,3 +155,19 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="lm_eval_tasks", help="directory for the YAML (default lm_eval_tasks)")
     s.add_argument("--name", default="minimind_mcq", help="task name (default minimind_mcq)")
     s.set_defaults(func=cmd_eval_lm_eval_task)
+
+    s = ev.add_parser("report", help="one markdown page (+ PNGs) with every evaluation of a run",
+                      description="Gathers loss curves, perplexity and bits per byte on held-out text, "
+                      "multiple-choice accuracy against chance, the RoPE/YaRN length curve, held-out task "
+                      "accuracy and sample chats into OUT/report.md (+ report.json, loss.png, length.png).")
+    s.add_argument("path", help="a checkpoint, a run directory, or a directory of runs (e.g. runs/demo)")
+    s.add_argument("--data-dir", default=None, help="corpus directory holding eval/heldout*.jsonl (default: "
+                   "PATH/data, beside PATH, or data/builtin)")
+    s.add_argument("--out", default=None, help="output directory (default PATH/report)")
+    s.add_argument("--skip", type=_names, default=None,
+                   help="comma-separated sections to leave out: curves, ppl, mc, length, tasks")
+    s.add_argument("--limit", type=_positive, default=None, help="held-out task records per family (default all)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    s.add_argument("--dtype", default="auto", help="scoring precision: auto, bf16, fp32")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_eval_report)
