@@ -49,7 +49,7 @@ def test_report_page(demo_dir, tmp_path, capsys):
         assert title in md
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and (out / "length.png").is_file()
     s = rep["sections"]
-    assert set(s["ppl"]) == {"pretrain", "sft"} and s["ppl"]["pretrain"]["seq_len"] == 48
+    assert set(s["ppl"]) == {"pretrain", "sft"} and s["ppl"]["pretrain"]["seq_len"] == s["ppl"]["sft"]["seq_len"] == 48
     assert s["length"]["checkpoint"] == "pretrain" and s["length"]["lengths"] == [48, 96, 192, 384]
     assert s["tasks"]["checkpoint"] == "sft" and all(v["total"] == 2 for v in s["tasks"]["families"].values())
     assert s["mc"]["sft"]["overall"]["chance"] == 0.25 and s["curves"]["runs"]["pretrain"]["eval_loss"] == 6.5

@@ -61,6 +61,10 @@ def _positive(value: str) -> int:
     return n
 
 
+def _count(value: str) -> int:
+    return _positive(value) if value.strip() != "0" else 0
+
+
 def _lengths(value: str) -> list[int]:
     return [_positive(v.strip()) for v in value.split(",") if v.strip()]
 
@@ -117,7 +121,7 @@ def add_commands(sub) -> None:
                    "(default: letters for C-Eval/CMMLU, cloze otherwise, as lm-eval)")
     s.add_argument("--split", default=None, help="split folder of a C-Eval/CMMLU directory "
                    "(default: val for C-Eval, test for CMMLU)")
-    s.add_argument("--shots", type=int, default=0, help="few-shot examples before each question (default 0)")
+    s.add_argument("--shots", type=_count, default=0, help="few-shot examples before each question (default 0)")
     s.add_argument("--dev", default=None, help="few-shot pool: a file in the same format (or C-Eval/CMMLU dev "
                    "folder); default: DIR/dev of a C-Eval/CMMLU download")
     s.add_argument("--labels", default=None, help="PIQA labels file (default: FILE-labels.lst beside FILE)")

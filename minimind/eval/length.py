@@ -101,6 +101,8 @@ def evaluate_length(sm: ScoringModel, path, lengths: list[int], train_len: int, 
                         f"{lengths[-1]} + 1; use a bigger file or shorter --lengths")
     original_len = original_len or train_len
     factor = yarn_factor or max(1.0, lengths[-1] / original_len)
+    if factor < 1:
+        raise UserError(f"--yarn-factor {factor:g}: YaRN stretches positions, so the factor must be >= 1")
     yarn = {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_len)}
     saved = sm.model.config.rope_scaling
     try:

@@ -142,10 +142,11 @@ def ppl_section(stages: list[Stage], data: Path, args) -> dict:
     from .ppl import default_window, evaluate_ppl
 
     out = {}
+    trained = training_length(stages[0].ckpt)  # one window for every stage, so the numbers compare
     for s in stages:
         sm = _scoring(s, args)
-        res = evaluate_ppl(sm, data / "eval" / "heldout_pretrain.jsonl",
-                           default_window(sm, training_length(s.ckpt)), progress=args.progress)
+        res = evaluate_ppl(sm, data / "eval" / "heldout_pretrain.jsonl", default_window(sm, trained),
+                           progress=args.progress)
         out[s.name] = {k: res[k] for k in ("loss", "ppl", "bpb", "tokens", "bytes", "docs", "seq_len")}
         out[s.name]["uniform_ppl"] = sm.tok.vocab_size
     return out
