@@ -36,7 +36,7 @@ def test_token_stream_is_documents_with_end_of_text(tok, corpus):
 
 def test_curve_scores_the_same_tokens_at_every_length(sm, tok, corpus):
     stream = token_stream(tok, corpus / "eval" / "heldout_pretrain.jsonl", 256)
-    pts = curve(sm, stream, [32, 64, 128], train_len=48, batch_size=4)
+    pts = curve(sm, stream, [32, 64, 128], train_len=48, batch_size=4, scaling=lambda L: None)
     assert [(p["length"], p["windows"], p["tokens"]) for p in pts] == [(32, 8, 256), (64, 4, 256), (128, 2, 256)]
     # by hand at L = 64: windows of 65 tokens, all 64 targets scored; "beyond" = positions 49..64
     rows = [Row(stream[w * 64:w * 64 + 65], [False] + [True] * 64) for w in range(4)]
@@ -54,15 +54,18 @@ def test_yarn_changes_long_windows_and_is_undone_afterwards(sm, corpus):
     res = evaluate_length(sm, corpus / "eval" / "heldout_pretrain.jsonl", [32, 256], train_len=32,
                           n_tokens=512, batch_size=4)
     assert res["yarn"] == {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32}
-    rope, yarn = res["rope_curve"], res["yarn_curve"]
+    rope, yarn, dyn = (res["curves"][k] for k in ("rope", "yarn", "yarn_dynamic"))
     assert torch.equal(sm.model.model.rope_cos, cos_before) and sm.model.config.rope_scaling is None
     # by hand: the same windows under each table
     stream = token_stream(sm.tok, corpus / "eval" / "heldout_pretrain.jsonl", 512)
-    rows = [Row(stream[w * 256:w * 256 + 257], [False] + [True] * 256) for w in range(2)]
-    for setting, pts in ((None, rope), (res["yarn"], yarn)):
+    for L, setting, pts in ((256, None, rope), (256, res["yarn"], yarn), (32, res["yarn"], yarn),
+                            (256, res["yarn"], dyn), (32, None, dyn)):
+        rows = [Row(stream[w * L:w * L + L + 1], [False] + [True] * L) for w in range(512 // L)]
         sm.model.model.set_rope_scaling(setting, max_positions=256)
-        assert pts[1]["loss"] == pytest.approx(-sum(r.total for r in score_rows(sm, rows)) / 512, rel=1e-9)
-    assert rope[1]["loss"] != yarn[1]["loss"]
+        i = [32, 256].index(L)
+        assert pts[i]["loss"] == pytest.approx(-sum(r.total for r in score_rows(sm, rows)) / 512, rel=1e-9)
+    assert [p["yarn_factor"] for p in dyn] == [1.0, 8.0] and [p["yarn_factor"] for p in yarn] == [8.0, 8.0]
+    assert rope[1]["loss"] != yarn[1]["loss"] and dyn[0]["loss"] == rope[0]["loss"]
     # the tables YaRN used: low-frequency pairs interpolated by the factor, the fastest pair kept
     inv, _ = rope_frequencies(sm.model.config.head_dim, sm.model.config.rope_theta, None)
     inv_y, mscale = rope_frequencies(sm.model.config.head_dim, sm.model.config.rope_theta, res["yarn"])
@@ -87,7 +90,7 @@ def test_cli_writes_json_and_png(tok, corpus, tmp_path, capsys):
     res = json.loads((out / "length.json").read_text())
     assert res["train_length"] == 32 and res["lengths"] == [32, 64, 256] and res["yarn"]["factor"] == 8
     assert (out / "length.png").read_bytes()[:4] == b"\x89PNG"
-    assert "ppl YaRN" in stdout
+    assert "YaRN dynamic" in stdout and "perplexity past position 32" in stdout
     bare = save_checkpoint(tmp_path / "bare", tiny_model(tok.vocab_size), tok)
     code, _, err = run_cli(capsys, "eval", "length", bare, "--data", data)
     assert code == 2 and "pass --train-length" in err

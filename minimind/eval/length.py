@@ -18,7 +18,9 @@ keeps theta_i in the fast pairs that completed many turns in training (beta_fast
 they only ever carried local information), blends between them with a ramp, and scales the
 attention logits by (0.1 ln s + 1)^2 to undo the entropy change of a longer softmax. model.py's
 `set_rope_scaling` builds those tables; here s defaults to max(L) / L_train and the original
-length to L_train, both without any fine-tuning at the longer length.
+length to L_train, both without any fine-tuning at the longer length. A fixed s also stretches the
+short range (every window pays for the longest one); "dynamic" YaRN uses s = L / L_train for a
+window of L tokens (plain RoPE up to L_train), the way serving engines scale to the current length.
 """
 
 from __future__ import annotations
@@ -50,15 +52,21 @@ def token_stream(tok, path, n_tokens: int) -> list[int]:
     return out[:n_tokens + 1]  # + 1: the last window's last target
 
 
-def rope_setting(sm: ScoringModel, yarn: dict | None, n_positions: int) -> None:
-    sm.model.model.set_rope_scaling(yarn, max_positions=n_positions)
+def yarn(factor: float, original_len: int) -> dict | None:
+    """The rope_scaling dict for YaRN by `factor` (None, plain RoPE, when there is nothing to stretch)."""
+    if factor <= 1.0:
+        return None
+    return {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_len)}
 
 
 def curve(sm: ScoringModel, stream: list[int], lengths: list[int], train_len: int, batch_size: int,
-          progress: bool = False, label: str = "") -> list[dict]:
-    """One point per length: loss/ppl over all positions, and over positions past train_len."""
+          scaling, progress: bool = False, label: str = "") -> list[dict]:
+    """One point per length, the RoPE tables set by scaling(L) (a rope_scaling dict or None):
+    loss/ppl over all positions, and over the positions past train_len."""
     points = []
     for L in lengths:
+        setting = scaling(L)
+        sm.model.model.set_rope_scaling(setting, max_positions=L)
         n_win = (len(stream) - 1) // L
         rows = [Row(stream[w * L:(w + 1) * L + 1], [False] + [True] * L) for w in range(n_win)]
         res = score_rows(sm, rows, max(1, batch_size * min(lengths) // L), progress=progress,
@@ -66,7 +74,8 @@ def curve(sm: ScoringModel, stream: list[int], lengths: list[int], train_len: in
         nll = -sum(r.total for r in res)
         beyond = -sum(float(r.logprobs[train_len:].sum()) for r in res)  # logprobs[t-1] is position t
         n_beyond = n_win * max(0, L - train_len)
-        point = {"length": L, "windows": n_win, **summarize(nll, n_win * L, 0)}
+        point = {"length": L, "windows": n_win, "yarn_factor": setting["factor"] if setting else 1.0,
+                 **summarize(nll, n_win * L, 0)}
         del point["bpb"], point["bytes"]
         if n_beyond:
             point["loss_beyond"] = beyond / n_beyond
@@ -87,10 +96,18 @@ def _position_loss(res, L: int) -> list[dict]:
             for a in range(0, L, size)]
 
 
+CURVES = {"rope": "RoPE", "yarn": "YaRN", "yarn_dynamic": "YaRN dynamic"}
+
+
 def evaluate_length(sm: ScoringModel, path, lengths: list[int], train_len: int, yarn_factor: float | None = None,
                     original_len: int | None = None, n_tokens: int = 16384, batch_size: int = 8,
                     progress: bool = False) -> dict:
-    """-> {"lengths", "train_length", "yarn": {...}, "tokens", "rope": [points], "yarn_curve": [points]}"""
+    """Three curves over the same tokens: plain RoPE; YaRN with one factor s for every length (what
+    rope_scaling in config.json does; default s = longest length / original length); and YaRN with
+    s = L / original length at each length L ("dynamic", as serving engines scale to the current
+    length), which leaves lengths up to the original one untouched.
+
+    -> {"lengths", "train_length", "yarn": {...}, "tokens", "curves": {"rope"|"yarn"|"yarn_dynamic": [points]}}"""
     lengths = sorted(set(lengths))
     if not lengths or lengths[0] < 2:
         raise UserError(f"--lengths {lengths}: need lengths of at least 2 tokens")
@@ -103,34 +120,38 @@ def evaluate_length(sm: ScoringModel, path, lengths: list[int], train_len: int, 
     factor = yarn_factor or max(1.0, lengths[-1] / original_len)
     if factor < 1:
         raise UserError(f"--yarn-factor {factor:g}: YaRN stretches positions, so the factor must be >= 1")
-    yarn = {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_len)}
+    fixed = {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_len)}
+    scalings = {"rope": lambda L: None, "yarn": lambda L: fixed,
+                "yarn_dynamic": lambda L: yarn(L / original_len, original_len)}
     saved = sm.model.config.rope_scaling
     try:
-        rope_setting(sm, None, lengths[-1])
-        plain = curve(sm, stream, lengths, train_len, batch_size, progress, "rope")
-        rope_setting(sm, yarn, lengths[-1])
-        scaled = curve(sm, stream, lengths, train_len, batch_size, progress, "yarn")
+        curves = {k: curve(sm, stream, lengths, train_len, batch_size, f, progress, k) for k, f in scalings.items()}
     finally:
-        rope_setting(sm, saved, None)
+        sm.model.model.set_rope_scaling(saved)
     return {"lengths": lengths, "train_length": train_len, "tokens": (len(stream) - 1) // lengths[-1] * lengths[-1],
-            "yarn": yarn, "rope_curve": plain, "yarn_curve": scaled, "file": str(path)}
+            "yarn": fixed, "curves": curves, "file": str(path)}
 
 
 def format_length(res: dict) -> str:
-    T = res["train_length"]
-    lines = [f"{'length':>7} {'ppl RoPE':>9} {'ppl YaRN':>9} {f'ppl >{T} RoPE':>15} {f'ppl >{T} YaRN':>15}"]
-    for a, b in zip(res["rope_curve"], res["yarn_curve"]):
-        ba = f"{a['ppl_beyond']:>15.3f}" if "ppl_beyond" in a else f"{'-':>15}"
-        bb = f"{b['ppl_beyond']:>15.3f}" if "ppl_beyond" in b else f"{'-':>15}"
-        lines.append(f"{a['length']:>7} {a['ppl']:>9.3f} {b['ppl']:>9.3f} {ba} {bb}")
+    T, c = res["train_length"], res["curves"]
+    names = [CURVES[k] for k in c]
+    w = 13 * len(c)
+    lines = [f"{'':>7} {'perplexity':^{w}}  {f'perplexity past position {T}':^{w}}",
+             f"{'length':>7} " + " ".join(f"{n:>12}" for n in names) + "  " + " ".join(f"{n:>12}" for n in names)]
+    for i, L in enumerate(res["lengths"]):
+        ppl = " ".join(f"{c[k][i]['ppl']:>12.3f}" for k in c)
+        beyond = " ".join(f"{c[k][i]['ppl_beyond']:>12.3f}" if "ppl_beyond" in c[k][i] else f"{'-':>12}" for k in c)
+        lines.append(f"{L:>7} {ppl}  {beyond}")
     y = res["yarn"]
-    lines.append(f"trained at {T} tokens; YaRN factor {y['factor']:g}, original length "
-                 f"{y['original_max_position_embeddings']}; {res['tokens']} tokens of {res['file']} per length")
+    lines.append(f"trained at {T} tokens; YaRN factor {y['factor']:g} (dynamic: length / "
+                 f"{y['original_max_position_embeddings']}), original length {y['original_max_position_embeddings']}; "
+                 f"{res['tokens']} tokens of {res['file']} per length")
     return "\n".join(lines)
 
 
 def plot_length(res: dict, out) -> Path:
-    """Two panels: ppl against length (log2 x), and loss against position in the longest window."""
+    """Two panels: ppl against length (log2 x), and loss against position in the longest window
+    (RoPE and YaRN with the fixed factor, which dynamic YaRN equals at the longest length)."""
     try:
         import matplotlib
     except ImportError:
@@ -139,17 +160,17 @@ def plot_length(res: dict, out) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("rope_curve", "RoPE"), ("yarn_curve", f"YaRN x{res['yarn']['factor']:g}")):
-        pts = res[key]
+    for key, pts in res["curves"].items():
+        label = f"YaRN x{res['yarn']['factor']:g}" if key == "yarn" else CURVES[key]
         ax1.plot([p["length"] for p in pts], [p["ppl"] for p in pts], "o-", label=label)
-        pos = pts[-1]["position_loss"]
-        ax2.plot([(b["start"] + b["end"]) / 2 for b in pos], [b["loss"] for b in pos], label=label)
+        if key != "yarn_dynamic":  # at the longest length it is the fixed factor's curve again
+            pos = pts[-1]["position_loss"]
+            ax2.plot([(b["start"] + b["end"]) / 2 for b in pos], [b["loss"] for b in pos], label=label)
     for ax in (ax1, ax2):
         ax.axvline(res["train_length"], color="gray", ls="--", lw=1, label="training length")
         ax.grid(alpha=0.3)
         ax.legend()
     ax1.set_xscale("log", base=2)
-    ax1.set_yscale("log")
     ax1.set_xlabel("context length (tokens)"), ax1.set_ylabel("perplexity")
     ax2.set_xlabel(f"position in a {res['lengths'][-1]}-token window"), ax2.set_ylabel("loss (nats/token)")
     fig.suptitle("perplexity vs context length")

@@ -1,5 +1,8 @@
 """Multiple choice by log-likelihood (`minimind eval mc`), scored as lm-eval scores it.
 
+lm-eval: EleutherAI's lm-evaluation-harness (Gao et al. 2023, "A framework for few-shot language
+model evaluation"; Biderman et al. 2024, "Lessons from the trenches on reproducible evaluation").
+
 For a question with context a and choices c_1..c_K (each continuation is " " + choice text),
 the model picks the choice it finds most likely (loglik.py: LL_i = log p(" " c_i | a)):
 

@@ -1,5 +1,8 @@
 """Readers for multiple-choice benchmarks in the layouts users download them in.
 
+C-Eval (Huang et al. 2023), CMMLU (Li et al. 2023), ARC (Clark et al. 2018), OpenBookQA (Mihaylov et
+al. 2018), PIQA (Bisk et al. 2020), HellaSwag (Zellers et al. 2019), and minimind's own mcq.jsonl.
+
 Every reader turns a file into `Item`s (question, options, index of the right one, subject,
 file:line); mc.py turns items into prompts. A malformed file stops with `file:line: what is
 wrong` (UserError, exit code 2). Layouts:

@@ -178,7 +178,7 @@ def length_section(stage: Stage, data: Path, out_dir: Path, args) -> dict:
         png = plot_length(res, out_dir / "length.png").name
     except UserError:  # no matplotlib: the table still tells the story
         pass
-    for pts in (res["rope_curve"], res["yarn_curve"]):
+    for pts in res["curves"].values():
         for p in pts:
             p.pop("position_loss", None)
     return {"checkpoint": stage.name, **res, "png": png}
@@ -277,13 +277,19 @@ def _md_mc(sec: dict) -> list[str]:
 def _md_length(sec: dict) -> list[str]:
     if "note" in sec:
         return [sec["note"]]
-    T, y = sec["train_length"], sec["yarn"]
+    from .length import CURVES
+
+    T, y, c = sec["train_length"], sec["yarn"], sec["curves"]
+    names = [CURVES[k] for k in c]
     L = [f"`{sec['checkpoint']}`, trained at {T} tokens; YaRN factor {y['factor']:g} over "
-         f"{y['original_max_position_embeddings']} positions, no fine-tuning; {sec['tokens']} tokens per length.", "",
-         f"| length | ppl RoPE | ppl YaRN | ppl past {T}, RoPE | ppl past {T}, YaRN |", "|---:|---:|---:|---:|---:|"]
-    for a, b in zip(sec["rope_curve"], sec["yarn_curve"]):
-        beyond = (f"{a['ppl_beyond']:.2f} | {b['ppl_beyond']:.2f}" if "ppl_beyond" in a else "- | -")
-        L.append(f"| {a['length']} | {a['ppl']:.2f} | {b['ppl']:.2f} | {beyond} |")
+         f"{y['original_max_position_embeddings']} positions (dynamic: length / "
+         f"{y['original_max_position_embeddings']}), no fine-tuning; {sec['tokens']} tokens per length.", "",
+         "| length | " + " | ".join(f"ppl {n}" for n in names) + " | " + " | ".join(f"ppl past {T}, {n}" for n in names)
+         + " |", "|---:|" + "---:|" * (2 * len(c))]
+    for i, length in enumerate(sec["lengths"]):
+        ppl = " | ".join(f"{c[k][i]['ppl']:.2f}" for k in c)
+        beyond = " | ".join(f"{c[k][i]['ppl_beyond']:.2f}" if "ppl_beyond" in c[k][i] else "-" for k in c)
+        L.append(f"| {length} | {ppl} | {beyond} |")
     return L + ([f"", f"![length curve]({sec['png']})"] if sec.get("png") else [])
 
 
