@@ -112,33 +112,37 @@ def score_rows(sm: ScoringModel, rows: list[Row], batch_size: int = 32, progress
     return out
 
 
-@torch.no_grad()
-def _score_batch(sm: ScoringModel, rows: list[Row]) -> list[RowScore]:
+def _pad(rows: list[Row], pad: int):
+    """Inputs ids[:-1] and targets ids[1:], right-padded to (B, T), and which targets are scored."""
     T = max(len(r.ids) for r in rows) - 1
-    pad = sm.tok.pad_id
-    x = torch.full((len(rows), T), pad, dtype=torch.long)  # inputs ids[:-1], right-padded
-    y = torch.full((len(rows), T), pad, dtype=torch.long)  # targets ids[1:]
-    keep = torch.zeros((len(rows), T), dtype=torch.bool)  # scored target positions
+    x = torch.full((len(rows), T), pad, dtype=torch.long)
+    y = torch.full((len(rows), T), pad, dtype=torch.long)
+    keep = torch.zeros((len(rows), T), dtype=torch.bool)
     for b, r in enumerate(rows):
         n = len(r.ids) - 1
-        x[b, :n] = torch.tensor(r.ids[:-1])
-        y[b, :n] = torch.tensor(r.ids[1:])
-        keep[b, :n] = torch.tensor(r.scored[1:])
-    x, y, keep = x.to(sm.device), y.to(sm.device), keep.to(sm.device)
+        x[b, :n], y[b, :n], keep[b, :n] = torch.tensor(r.ids[:-1]), torch.tensor(r.ids[1:]), torch.tensor(r.scored[1:])
+    return x, y, keep
+
+
+def _target_logprobs(lm_head, h, y):
+    """h (N, d) hidden states, y (N,) targets -> log p(y) (N,) and whether y was the argmax (N,)."""
+    lp, hit = [torch.zeros(0)], [torch.zeros(0, dtype=torch.bool)]
+    for c in range(0, h.shape[0], LOGIT_ROWS):
+        logits = lm_head(h[c:c + LOGIT_ROWS]).float()  # (n, V)
+        target = y[c:c + LOGIT_ROWS, None]  # (n, 1)
+        lp.append(F.log_softmax(logits, dim=-1).gather(-1, target)[:, 0].cpu())
+        hit.append((logits.argmax(-1) == target[:, 0]).cpu())
+    return torch.cat(lp).double(), torch.cat(hit)
+
+
+@torch.no_grad()
+def _score_batch(sm: ScoringModel, rows: list[Row]) -> list[RowScore]:
+    x, y, keep = (t.to(sm.device) for t in _pad(rows, sm.tok.pad_id))
     with autocast(sm.device, sm.dtype):
         h, _ = sm.model.model(x)  # (B, T, d) final hidden states, after the last RMSNorm
-        h_sel, y_sel = h[keep], y[keep]  # (N, d), (N,) scored positions of all rows, row-major
-        lp, hit = [], []
-        for c in range(0, h_sel.shape[0], LOGIT_ROWS):
-            logits = sm.model.lm_head(h_sel[c:c + LOGIT_ROWS]).float()  # (n, V)
-            logp = F.log_softmax(logits, dim=-1)
-            lp.append(logp.gather(-1, y_sel[c:c + LOGIT_ROWS, None])[:, 0])  # (n,)
-            hit.append(logits.argmax(-1) == y_sel[c:c + LOGIT_ROWS])
-    lp = torch.cat(lp).double().cpu() if lp else torch.zeros(0, dtype=torch.float64)
-    hit = torch.cat(hit).cpu() if hit else torch.zeros(0, dtype=torch.bool)
-    counts = keep.sum(1).tolist()
+        lp, hit = _target_logprobs(sm.model.lm_head, h[keep], y[keep])  # scored positions, row-major
     res, at = [], 0
-    for n in counts:
+    for n in keep.sum(1).tolist():
         res.append(RowScore(lp[at:at + n], bool(hit[at:at + n].all())))
         at += n
     return res

@@ -100,26 +100,42 @@ def evaluate_mc(sm: ScoringModel, bench: Benchmark, shots: int = 0, style: str =
     if shots and not any(bench.dev.get(s) for s in chosen):
         raise UserError(f"--shots {shots}: no few-shot examples found; pass --dev FILE (or a benchmark "
                         f"directory with a dev split)")
-    prompts, contexts, n_shots = [], [], []
+    questions = list(_questions(bench, chosen, shots, style))
+    lls = _choice_logliks(sm, questions, batch_size, progress, desc=f"mc {bench.format}")
+    items = [_judge(q.subject, q.item, q.prompt, ll, q.shots) for q, ll in zip(questions, lls)]
+    return {"format": bench.format, "style": style, "shots": shots, **aggregate(items), "items": items}
+
+
+@dataclass
+class Question:
+    subject: str
+    item: Item
+    prompt: Prompt
+    context: str  # few-shot examples + prompt.query
+    shots: int
+
+
+def _questions(bench: Benchmark, chosen: dict[str, list[Item]], shots: int, style: str):
     for subject, items in chosen.items():
         pool = bench.dev.get(subject, [])
         for it in items:
             demo = [make_prompt(d, bench.format, style) for d in _first_others(pool, it, shots)]
             p = make_prompt(it, bench.format, style)
-            prompts.append((subject, it, p))
-            contexts.append(fewshot_context(demo, p.query))
-            n_shots.append(len(demo))
+            yield Question(subject, it, p, fewshot_context(demo, p.query), len(demo))
+
+
+def _choice_logliks(sm: ScoringModel, questions: list[Question], batch_size: int, progress: bool,
+                    desc: str) -> list[list[float]]:
+    """LL_i = log p(" " + choice_i | context) for every choice of every question, in one batched pass."""
     rows, owner = [], []
-    for k, ((_, _, p), ctx) in enumerate(zip(prompts, contexts)):
-        for choice in p.choices:
-            rows.append(continuation_row(*encode_pair(sm.tok, ctx, TARGET_DELIMITER + choice), sm.max_positions))
+    for k, q in enumerate(questions):
+        for choice in q.prompt.choices:
+            rows.append(continuation_row(*encode_pair(sm.tok, q.context, TARGET_DELIMITER + choice), sm.max_positions))
             owner.append(k)
-    scores = score_rows(sm, rows, batch_size, progress=progress, desc=f"mc {bench.format}")
-    lls = [[] for _ in prompts]
-    for k, s in zip(owner, scores):
+    lls: list[list[float]] = [[] for _ in questions]
+    for k, s in zip(owner, score_rows(sm, rows, batch_size, progress=progress, desc=desc)):
         lls[k].append(s.total)
-    items = [_judge(subject, it, p, ll, n) for (subject, it, p), ll, n in zip(prompts, lls, n_shots)]
-    return {"format": bench.format, "style": style, "shots": shots, **aggregate(items), "items": items}
+    return lls
 
 
 def _first_others(pool: list[Item], item: Item, k: int) -> list[Item]:

@@ -47,18 +47,15 @@ def windows(ids: list[int], scored: list[bool], length: int, stride: int) -> lis
     return rows
 
 
-def _text_rows(tok, texts: list[str]) -> list[tuple[list[int], list[bool]]]:
-    eot = tok.eot_id
-    return [([eot] + ids, [False] + [True] * len(ids)) for ids in tok.encode_batch(texts)]
-
-
-def _chat_rows(tok, convs: list[list[dict]]) -> list[tuple[list[int], list[bool]]]:
+def _sequences(tok, kind: str, records: list[dict]) -> list[tuple[list[int], list[bool]]]:
+    """(ids, scored) per record: a text after end-of-text, all of it scored; a conversation rendered
+    with the chat template, its assistant tokens scored (the SFT loss mask)."""
+    if kind == "text":
+        return [([tok.eot_id] + ids, [False] + [True] * len(ids)) for ids in tok.encode_batch([r["text"] for r in records])]
     from ..tokenizer import render_chat_batch
 
-    out = []
-    for ids, mask in render_chat_batch(tok, convs):
-        out.append((list(ids), [False] + [bool(m) for m in mask[1:]]))
-    return out
+    return [(list(ids), [False] + [bool(m) for m in mask[1:]])
+            for ids, mask in render_chat_batch(tok, [r["conversations"] for r in records])]
 
 
 def file_kind(path) -> str:
@@ -97,9 +94,7 @@ def evaluate_ppl(sm: ScoringModel, path, seq_len: int, stride: int | None = None
     records = itertools.islice(records, limit)  # limit None: all
     with bar:
         while chunk := [rec for _, rec in itertools.islice(records, CHUNK_DOCS)]:
-            seqs = (_text_rows(sm.tok, [r["text"] for r in chunk]) if kind == "text"
-                    else _chat_rows(sm.tok, [r["conversations"] for r in chunk]))
-            rows = [w for ids, scored in seqs for w in windows(ids, scored, seq_len, stride)]
+            rows = [w for ids, scored in _sequences(sm.tok, kind, chunk) for w in windows(ids, scored, seq_len, stride)]
             for row, res in zip(rows, score_rows(sm, rows, batch_size)):
                 totals["nll"] -= res.total
                 totals["tokens"] += len(res.logprobs)
