@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def cmd_eval_tasks(args):
     from .tasks import run_eval_tasks
@@ -39,19 +41,18 @@ def cmd_eval_lm_eval_task(args):
     run_lm_eval_task(args)
 
 
-def _scoring_args(s, batch_size: int) -> None:
+def _scoring_args(s, batch_size: int, json: bool = True) -> None:
     """Flags every log-likelihood command shares."""
-    s.add_argument("--batch-size", type=int, default=batch_size, help=f"rows per forward pass (default {batch_size})")
+    s.add_argument("--batch-size", type=_positive, default=batch_size, help=f"rows per forward pass (default {batch_size})")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     s.add_argument("--dtype", default="auto", help="matmul precision: auto (bf16 where the hardware is fast "
                    "at it, else fp32), bf16, fp32; weights stay fp32")
-    s.add_argument("--json", help="also write the results to this JSON file")
+    if json:
+        s.add_argument("--json", help="also write the results to this JSON file")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _positive(value: str) -> int:
-    import argparse
-
     try:
         n = int(value)
     except ValueError:
@@ -59,6 +60,16 @@ def _positive(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
     return n
+
+
+def _factor(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value!r}") from None
+    if not f >= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (YaRN stretches positions), got {value}")
+    return f
 
 
 def _count(value: str) -> int:
@@ -132,15 +143,16 @@ def add_commands(sub) -> None:
 
     s = ev.add_parser("length", help="perplexity against context length, YaRN off and on (JSON + PNG)",
                       description="Lays the documents of a text file end to end and scores the same tokens in "
-                      "windows of each length, with plain RoPE and with YaRN (no fine-tuning), to show how "
-                      "far past its training length a model holds up.")
+                      "windows of each length three times: plain RoPE, YaRN with one factor for all lengths "
+                      "(as rope_scaling in config.json), and dynamic YaRN (factor = length / original length); "
+                      "no fine-tuning. Shows how far past its training length a model holds up.")
     s.add_argument("checkpoint", help="checkpoint or run directory")
     s.add_argument("--data", required=True, help="JSONL of {\"text\"} records (held-out text)")
     s.add_argument("--lengths", type=_lengths, default=None,
                    help="comma-separated window lengths (default: 256 doubling up to 8x the training length)")
     s.add_argument("--train-length", type=_positive, default=None,
                    help="the length the model was trained at (default: read from the checkpoint)")
-    s.add_argument("--yarn-factor", type=float, default=None,
+    s.add_argument("--yarn-factor", type=_factor, default=None,
                    help="YaRN scale factor s (default: longest length / original length)")
     s.add_argument("--original-length", type=_positive, default=None,
                    help="YaRN original_max_position_embeddings (default: the training length)")
@@ -148,7 +160,7 @@ def add_commands(sub) -> None:
                    help="tokens of text scored at every length (default 16384)")
     s.add_argument("--out", default="length_eval", help="directory for length.json and length.png")
     s.add_argument("--no-plot", action="store_true", help="write only the JSON")
-    _scoring_args(s, 8)
+    _scoring_args(s, 8, json=False)
     s.set_defaults(func=cmd_eval_length)
 
     s = ev.add_parser("lm-eval-task", help="write an lm-eval task YAML over a minimind mcq.jsonl",
