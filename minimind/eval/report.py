@@ -228,7 +228,8 @@ def render(rep: dict) -> str:
          f"- model: {rep['model']}",
          f"- checkpoints: " + ", ".join(f"`{s['name']}` ({s['stage'] or 'stage unknown'})" for s in rep["stages"]),
          f"- held-out data: {rep['data'] or 'not found (pass --data-dir)'}",
-         f"- machine: {rep['machine']['cpu']}, {rep['machine']['threads']} threads, flags "
+         f"- scoring precision: {rep['scoring']}",
+         f"- machine: {rep['machine']['cpu']}, torch threads {rep['machine']['threads']}, flags "
          f"{' '.join(rep['machine']['flags']) or '-'}, torch {rep['machine']['torch']}"
          + (f", GPU {rep['machine']['gpu']}" if rep['machine'].get('gpu') else ""), ""]
     for key, title, fn in (("curves", "Loss curves", _md_curves), ("ppl", "Perplexity on held-out text", _md_ppl),
@@ -307,6 +308,15 @@ def _md_tasks(sec: dict) -> list[str]:
     return L
 
 
+def _precision(device: str, dtype: str) -> str:
+    import torch
+
+    from ..runtime import pick_device, pick_dtype
+
+    dt = pick_dtype(dtype, pick_device(device))
+    return "fp32" if dt == torch.float32 else f"{str(dt).replace('torch.', '')} matmuls, fp32 weights (--dtype fp32 for exact)"
+
+
 def build_report(args) -> dict:
     from ..runtime import machine_info
 
@@ -318,7 +328,8 @@ def build_report(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rep = {"path": str(path), "date": datetime.date.today().isoformat(), "model": _model_line(stages[-1]),
            "stages": [{"name": s.name, "stage": s.stage, "checkpoint": str(s.ckpt)} for s in stages],
-           "data": str(data) if data else None, "machine": machine_info(), "sections": {}}
+           "data": str(data) if data else None, "machine": machine_info(), "scoring": _precision(args.device, args.dtype),
+           "sections": {}}
     chat = [s for s in stages if s.stage != "pretrain"]
     plan = [("curves", lambda: loss_curves(stages, out), False),
             ("ppl", lambda: ppl_section(stages, data, args), True),
