@@ -93,6 +93,25 @@ def test_kshot_uses_first_dev_items_but_never_the_question_itself(sm, monkeypatc
         evaluate_mc(sm, Benchmark("arc", {"capital": pool}), shots=2)
 
 
+def test_chat_scores_choices_as_the_reply(sm):
+    """--chat: the question as a user turn, the choice scored as the start of the assistant's reply.
+    As in lm-eval, the template's trailing "\n\n" (after </think>) moves into the continuation."""
+    from minimind.tokenizer import render_chat_text
+
+    q = item()
+    res = evaluate_mc(sm, Benchmark("mcq", {"capital": [q]}), chat=True)
+    text = render_chat_text([{"role": "user", "content": "Question: What is the capital of France?\nAnswer:"}],
+                            add_generation_prompt=True)[0]
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    ctx = sm.tok.encode(text[:-2])
+    want = []
+    for o in q.options:
+        cont = sm.tok.encode(text + o)[len(ctx):]
+        assert sm.tok.decode(cont) == "\n\n" + o
+        want.append(score_rows(sm, [continuation_row(ctx, cont, sm.max_positions)])[0].total)
+    assert res["chat"] and res["items"][0]["loglik"] == pytest.approx(want, abs=1e-5)
+
+
 def test_subjects_and_limit(sm):
     bench = Benchmark("mcq", {"a": [item(where=f"a:{i}") for i in range(5)], "b": [item(where="b:1")]})
     res = evaluate_mc(sm, bench, limit=2, subjects=["a"])

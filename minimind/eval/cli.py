@@ -135,6 +135,9 @@ def add_commands(sub) -> None:
     s.add_argument("--shots", type=_count, default=0, help="few-shot examples before each question (default 0)")
     s.add_argument("--dev", default=None, help="few-shot pool: a file in the same format (or C-Eval/CMMLU dev "
                    "folder); default: DIR/dev of a C-Eval/CMMLU download")
+    s.add_argument("--chat", action="store_true", help="put each prompt in the chat template as a user turn "
+                   "and score the choices as the assistant's reply (for SFT models; lm-eval's "
+                   "--apply_chat_template)")
     s.add_argument("--labels", default=None, help="PIQA labels file (default: FILE-labels.lst beside FILE)")
     s.add_argument("--subjects", default=None, help="comma-separated subjects to evaluate (default: all)")
     s.add_argument("--limit", type=_positive, default=None, help="at most N questions per subject")

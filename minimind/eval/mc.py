@@ -24,6 +24,12 @@ Letters is how lm-eval runs C-Eval and CMMLU; a model too small to map a letter 
 scores chance there (MiniMind's 64M model: 24.9 / 25.4), while cloze still measures what it knows.
 lm-eval also puts a one-line subject description before C-Eval/CMMLU prompts; we do not.
 
+Chat models (`--chat`): the whole prompt becomes one user turn of the chat template followed by the
+opened assistant turn (thinking off), and each choice is scored right after it, with no space
+before it: lm-eval's --apply_chat_template. A fine-tuned model answers in that format, not after
+"Answer:" in plain text. As in lm-eval, the "\n\n" that ends the template's opened turn moves into
+each continuation (trailing whitespace always does), adding the same term to every choice.
+
 k-shot: the first k questions of the subject's dev pool, each followed by " " + its right answer
 and a blank line, then the question (lm-eval's first_n sampler and delimiters). Tokenization is
 lm-eval's too: the context is encoded alone, context + continuation together, and the
@@ -91,7 +97,8 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
 
 
 def evaluate_mc(sm: ScoringModel, bench: Benchmark, shots: int = 0, style: str = "auto", batch_size: int = 32,
-                limit: int | None = None, subjects: list[str] | None = None, progress: bool = False) -> dict:
+                limit: int | None = None, subjects: list[str] | None = None, progress: bool = False,
+                chat: bool = False) -> dict:
     """-> {"subjects": {s: {"n", "acc", "acc_norm", "acc_bytes", "chance"}}, "overall": {...}, "items": [...]}"""
     style = DEFAULT_STYLE.get(bench.format, "cloze") if style == "auto" else style
     if style not in ("cloze", "letters"):
@@ -101,9 +108,21 @@ def evaluate_mc(sm: ScoringModel, bench: Benchmark, shots: int = 0, style: str =
         raise UserError(f"--shots {shots}: no few-shot examples found; pass --dev FILE (or a benchmark "
                         f"directory with a dev split)")
     questions = list(_questions(bench, chosen, shots, style))
-    lls = _choice_logliks(sm, questions, batch_size, progress, desc=f"mc {bench.format}")
+    if chat:
+        for q in questions:
+            q.context = chat_context(q.context)
+    lls = _choice_logliks(sm, questions, batch_size, progress, desc=f"mc {bench.format}",
+                          delimiter="" if chat else TARGET_DELIMITER)
     items = [_judge(q.subject, q.item, q.prompt, ll, q.shots) for q, ll in zip(questions, lls)]
-    return {"format": bench.format, "style": style, "shots": shots, **aggregate(items), "items": items}
+    return {"format": bench.format, "style": style, "shots": shots, "chat": chat, **aggregate(items), "items": items}
+
+
+def chat_context(context: str) -> str:
+    """The prompt as one user turn of the chat template, the answer opened (thinking off), as
+    lm-eval's --apply_chat_template does (its target delimiter is then empty)."""
+    from ..tokenizer import render_chat_text
+
+    return render_chat_text([{"role": "user", "content": context}], add_generation_prompt=True)[0]
 
 
 @dataclass
@@ -125,12 +144,12 @@ def _questions(bench: Benchmark, chosen: dict[str, list[Item]], shots: int, styl
 
 
 def _choice_logliks(sm: ScoringModel, questions: list[Question], batch_size: int, progress: bool,
-                    desc: str) -> list[list[float]]:
-    """LL_i = log p(" " + choice_i | context) for every choice of every question, in one batched pass."""
+                    desc: str, delimiter: str = TARGET_DELIMITER) -> list[list[float]]:
+    """LL_i = log p(delimiter + choice_i | context) for every choice of every question, in one batched pass."""
     rows, owner = [], []
     for k, q in enumerate(questions):
         for choice in q.prompt.choices:
-            rows.append(continuation_row(*encode_pair(sm.tok, q.context, TARGET_DELIMITER + choice), sm.max_positions))
+            rows.append(continuation_row(*encode_pair(sm.tok, q.context, delimiter + choice), sm.max_positions))
             owner.append(k)
     lls: list[list[float]] = [[] for _ in questions]
     for k, s in zip(owner, score_rows(sm, rows, batch_size, progress=progress, desc=desc)):
@@ -200,7 +219,8 @@ def format_mc(res: dict, max_subjects: int = 80) -> str:
         lines.append(f"... {len(rows) - max_subjects} more subjects (--json has them all)")
     o = res["overall"]
     lines.append(f"{'overall':<{width}} {o['n']:>5} {o['acc']:>7.1%} {o['acc_norm']:>9.1%} {o['chance']:>7.1%}")
-    lines.append(f"{res['format']}, {res['style']} prompts, {res['shots']}-shot: acc {100 * o['acc']:.1f} "
+    lines.append(f"{res['format']}, {res['style']} prompts{' in the chat template' if res.get('chat') else ''}, "
+                 f"{res['shots']}-shot: acc {100 * o['acc']:.1f} "
                  f"± {100 * o['acc_stderr']:.1f}, acc_norm {100 * o['acc_norm']:.1f} ± "
                  f"{100 * o['acc_norm_stderr']:.1f} (chance {100 * o['chance']:.1f}); "
                  f"mean over {o['subjects']} subjects: acc {100 * o['macro_acc']:.1f}")
@@ -215,7 +235,7 @@ def run_eval_mc(args) -> dict:
     sm = load_scoring_model(args.checkpoint, args.device, args.dtype)
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     res = evaluate_mc(sm, bench, args.shots, args.style, args.batch_size, args.limit, subjects,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, chat=args.chat)
     print(format_mc(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, ensure_ascii=False, indent=1))

@@ -158,10 +158,15 @@ def mc_section(stages: list[Stage], data: Path, args) -> dict:
 
     bench = load_benchmark(data / "eval" / "heldout_mcq.jsonl")
     out = {}
-    for s in stages:
-        res = evaluate_mc(_scoring(s, args), bench, progress=args.progress)
-        out[s.name] = {"overall": res["overall"], "subjects": res["subjects"]}
+    for s in stages:  # a chat model is asked in its chat template, a pretrained one in plain text
+        chat = _is_chat(s)
+        res = evaluate_mc(_scoring(s, args), bench, progress=args.progress, chat=chat)
+        out[s.name] = {"overall": res["overall"], "subjects": res["subjects"], "chat": chat}
     return out
+
+
+def _is_chat(stage: Stage) -> bool:
+    return stage.stage not in ("pretrain", "")
 
 
 def length_section(stage: Stage, data: Path, out_dir: Path, args) -> dict:
@@ -265,11 +270,12 @@ def _md_ppl(sec: dict) -> list[str]:
 
 
 def _md_mc(sec: dict) -> list[str]:
-    L = ["| checkpoint | questions | acc | acc_norm | chance |", "|---|---:|---:|---:|---:|"]
+    L = ["| checkpoint | prompt | questions | acc | acc_norm | chance |", "|---|---|---:|---:|---:|---:|"]
     for name, r in sec.items():
         o = r["overall"]
-        L.append(f"| {name} | {o['n']} | {_pct(o['acc'])} ± {100 * o['acc_stderr']:.1f} | {_pct(o['acc_norm'])} | "
-                 f"{_pct(o['chance'])} |")
+        prompt = "chat template" if r.get("chat") else "plain text"
+        L.append(f"| {name} | {prompt} | {o['n']} | {_pct(o['acc'])} ± {100 * o['acc_stderr']:.1f} | "
+                 f"{_pct(o['acc_norm'])} | {_pct(o['chance'])} |")
     last = list(sec)[-1]
     L += ["", f"Per subject (`{last}`): " + ", ".join(f"{s} {_pct(v['acc'])}" for s, v in sec[last]["subjects"].items())]
     return L
@@ -330,7 +336,7 @@ def build_report(args) -> dict:
            "stages": [{"name": s.name, "stage": s.stage, "checkpoint": str(s.ckpt)} for s in stages],
            "data": str(data) if data else None, "machine": machine_info(), "scoring": _precision(args.device, args.dtype),
            "sections": {}}
-    chat = [s for s in stages if s.stage != "pretrain"]
+    chat = [s for s in stages if s.stage != "pretrain"]  # unknown stages count as chat models here
     plan = [("curves", lambda: loss_curves(stages, out), False),
             ("ppl", lambda: ppl_section(stages, data, args), True),
             ("mc", lambda: mc_section(stages, data, args), True),
