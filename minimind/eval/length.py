@@ -20,7 +20,7 @@ attention logits by (0.1 ln s + 1)^2 to undo the entropy change of a longer soft
 `set_rope_scaling` builds those tables; here s defaults to max(L) / L_train and the original
 length to L_train, both without any fine-tuning at the longer length. A fixed s also stretches the
 short range (every window pays for the longest one); "dynamic" YaRN uses s = L / L_train for a
-window of L tokens (plain RoPE up to L_train), the way serving engines scale to the current length.
+window of L tokens (plain RoPE up to L_train), as "dynamic" RoPE scalings follow the current length.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def evaluate_length(sm: ScoringModel, path, lengths: list[int], train_len: int, 
                     progress: bool = False) -> dict:
     """Three curves over the same tokens: plain RoPE; YaRN with one factor s for every length (what
     rope_scaling in config.json does; default s = longest length / original length); and YaRN with
-    s = L / original length at each length L ("dynamic", as serving engines scale to the current
-    length), which leaves lengths up to the original one untouched.
+    s = L / original length at each length L ("dynamic": the factor follows the current length),
+    which leaves lengths up to the original one untouched.
 
     -> {"lengths", "train_length", "yarn": {...}, "tokens", "curves": {"rope"|"yarn"|"yarn_dynamic": [points]}}"""
     lengths = sorted(set(lengths))
