@@ -23,9 +23,14 @@ from __future__ import annotations
 import sys
 
 import torch
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+except ImportError as e:  # an optional dependency: say which package to install
+    raise ImportError("minimind's lm-eval model needs lm-eval: pip install \"lm-eval[hf]\" "
+                      "(or pip install -e \".[eval]\")") from e
 
 from .loglik import ScoringModel, continuation_row, load_scoring_model, score_rows
 from .ppl import windows
