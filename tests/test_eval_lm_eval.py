@@ -27,7 +27,7 @@ from minimind.model import MiniMindForCausalLM  # noqa: E402
 from minimind.runtime import rng_state, set_rng_state  # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": "", "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,8 @@ def test_lm_eval_hf_on_export_agrees_with_eval_mc(setup):
     r = subprocess.run([lm_eval, "--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32",
                         "--include_path", str(setup.task_dir), "--tasks", "minimind_mcq", "--device", "cpu",
                         "--batch_size", "64", "--output_path", str(out), "--log_samples"],
-                       capture_output=True, text=True, env={**os.environ, **OFFLINE}, cwd=setup.root)
+                       capture_output=True, text=True, cwd=setup.root,
+                       env={**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(setup.root / "datasets_cache")})
     assert r.returncode == 0, r.stderr[-3000:]
     check_agreement(ours(setup), lm_eval_results(out), lm_eval_samples(out))
 
