@@ -354,7 +354,8 @@ def run_training(cfg: RunConfig, objective, data_kind: str, model_and_tok=None) 
             eval_loader = make_loader(edata, _eval_batch_size(edata, cfg, d), cfg.max_seq_len, seed=0,
                                       rank=d.rank, world_size=d.world_size)
         t.steps = _plan_steps(cfg, len(loader), d.world_size)
-        run_cfg = {"stage": cfg.stage, "model": model.config.to_dict(), "data": str(cfg.data), "argv": cfg.argv}
+        run_cfg = {"stage": cfg.stage, "model": model.config.to_dict(), "data": str(cfg.data),
+                   "max_seq_len": cfg.max_seq_len, "argv": cfg.argv}
         if progress:
             c = model.config.param_counts()
             steps = f"{t.steps} steps" if t.steps else "steps by time"
