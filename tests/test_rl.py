@@ -129,6 +129,8 @@ def test_every_algorithm_trains_through_the_engine(sft, prompts, corpus, tmp_pat
     after = load_checkpoint(tmp_path / algo)[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+    if algo == "grpo":  # "before" is step 0 of the log, so `minimind plot` draws it
+        assert rows[0]["step"] == 0 and rows[0]["acc/add"] == m["acc/add_before"]
     rows = [r for r in rows if "loss" in r]  # (the final evaluation is a row of its own)
     assert len(rows) == 2 and all("zero_var_frac" in r for r in rows)
     if algo == "ppo":  # the critic trained with the policy and is saved in the resume state

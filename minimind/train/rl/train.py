@@ -186,7 +186,7 @@ def train_rl(cfg: RLConfig, train) -> dict:
                   f"prompts x {rollout.group_size if objective.uses_groups else 1} samples, "
                   f"{train.steps} optimizer steps, lr {train.lr:g} -> {train.out_dir}")
         trainer = Trainer(policy, objective, source, tok, train, run_config=run_config, dist_info=d, device=device,
-                          started_at=started, evaluators=evaluators)
+                          started_at=started, evaluators=evaluators, initial_metrics=before)
         final = trainer.fit()
         if before:
             final.update({f"{k}_before": v for k, v in before.items()})
