@@ -53,12 +53,18 @@ class RLConfig:
     on_bad_record: str = "error"
 
 
-def build_reward(rc: RewardConfig, think: bool, device):
+def build_reward(rc: RewardConfig, think: bool, device, agent: bool = False):
+    """The reward mix. With `agent` the environment's trajectory reward (reward/tools.py) takes the
+    place of the rules."""
     from ...reward import RewardMix
     from ...reward.rules import RuleReward
 
     sources = []
-    if rc.rules and rc.rule_weight:
+    if agent and rc.rule_weight:
+        from ...reward.tools import ToolReward
+
+        sources.append((ToolReward(), rc.rule_weight))
+    elif rc.rules and rc.rule_weight:
         sources.append((RuleReward(rc.rules, think=think), rc.rule_weight))
     if rc.reward_model:
         from ...reward.model import NativeReward
@@ -135,7 +141,7 @@ def train_rl(cfg: RLConfig, train) -> dict:
         policy, tok = load_checkpoint(cfg.init)
         policy.train()
         ref = freeze(copy.deepcopy(policy))
-        reward = build_reward(cfg.reward, cfg.rollout.think, device)
+        reward = build_reward(cfg.reward, cfg.rollout.think, device, agent=cfg.rollout.agent)
         records = load_rl_records(cfg.data, cfg.on_bad_record, need_gt=reward.needs_gt())
         join_process_group(d, device)
         objective = build_objective(cfg, policy.config.hidden_size)
