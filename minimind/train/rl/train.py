@@ -31,6 +31,7 @@ class RewardConfig:
     external_reward_model: str | None = None  # a transformers folder
     external_weight: float = 1.0
     trust_remote_code: bool = False
+    agent: bool = False  # score tool-using trajectories (reward/tools.py) instead of the rules; set from RolloutConfig
 
 
 @dataclass
@@ -53,14 +54,14 @@ class RLConfig:
     on_bad_record: str = "error"
 
 
-def build_reward(rc: RewardConfig, think: bool, device, agent: bool = False):
-    """The reward mix. With `agent` the environment's trajectory reward (reward/tools.py) takes the
+def build_reward(rc: RewardConfig, think: bool, device):
+    """The reward mix. With `rc.agent` the environment's trajectory reward (reward/tools.py) takes the
     place of the rules."""
     from ...reward import RewardMix
     from ...reward.rules import RuleReward
 
     sources = []
-    if agent and rc.rule_weight:
+    if rc.agent and rc.rule_weight:
         from ...reward.tools import ToolReward
 
         sources.append((ToolReward(), rc.rule_weight))
@@ -141,7 +142,7 @@ def train_rl(cfg: RLConfig, train) -> dict:
         policy, tok = load_checkpoint(cfg.init)
         policy.train()
         ref = freeze(copy.deepcopy(policy))
-        reward = build_reward(cfg.reward, cfg.rollout.think, device, agent=cfg.rollout.agent)
+        reward = build_reward(dataclasses.replace(cfg.reward, agent=cfg.rollout.agent), cfg.rollout.think, device)
         records = load_rl_records(cfg.data, cfg.on_bad_record, need_gt=reward.needs_gt())
         join_process_group(d, device)
         objective = build_objective(cfg, policy.config.hidden_size)
