@@ -287,9 +287,10 @@ class ToolTasks:
 # ============================================================================ conversations
 
 def offered_tools(rng: random.Random, needed: str | None, exclude: str | None = None) -> list[str]:
-    """The needed tool and up to two others, shuffled; with needed None, one to three tools but not `exclude`."""
+    """The needed tool and up to two others (none half the time: schemas are long for a small context),
+    shuffled; with needed None, one to three tools but not `exclude`."""
     others = [t for t in TOOL_NAMES if t not in (needed, exclude)]
-    names = ([needed] if needed else []) + rng.sample(others, rng.choices([0, 1, 2], [3, 4, 3])[0] + (not needed))
+    names = ([needed] if needed else []) + rng.sample(others, rng.choices([0, 1, 2], [5, 4, 1])[0] + (not needed))
     rng.shuffle(names)
     return names
 

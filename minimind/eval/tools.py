@@ -168,8 +168,9 @@ def run_endpoint(client, model: str, records: list[dict], max_rounds: int = 2, m
         messages, offered = _openai_request(r["conversations"])
         traj = Trajectory(list(r["conversations"]), [], [], [], offered, given=len(r["conversations"]))
         while True:
-            choice = client.chat.completions.create(model=model, messages=messages, tools=offered, temperature=0,
-                                                    max_tokens=max_new_tokens).choices[0]
+            choice = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                                    max_tokens=max_new_tokens,
+                                                    **({"tools": offered} if offered else {})).choices[0]
             msg, calls = choice.message, choice.message.tool_calls or []
             parsed = [{"name": c.function.name, "arguments": _arguments(c.function.arguments)} for c in calls]
             traj.reply = {"content": msg.content or "", "reasoning_content": None, "tool_calls": parsed}
