@@ -16,6 +16,7 @@ from minimind.agent import run_agents, start
 from minimind.checkpoint import save_checkpoint
 from minimind.cli import build_parser
 from minimind.config import ModelConfig
+from minimind.data.synth_tools import TOOL_NAMES
 from minimind.errors import UserError
 from minimind.eval.tools import call_matches, evaluate_tools, load_tool_tasks, run_endpoint, run_local
 
@@ -90,9 +91,9 @@ def test_local_run_on_the_held_out_file(tok, corpus):
         num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tok.im_start_id,
         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)).eval()
     recs = load_tool_tasks(corpus / "eval" / "tools_heldout.jsonl", limit=2)
-    assert {r["tool"] for r in recs} == set(tools.names()) and len(recs) == 12
+    assert {r["tool"] for r in recs} == set(TOOL_NAMES) and len(recs) == 12
     res = evaluate_tools(recs, run_local(model, tok, recs, max_new_tokens=8, batch_size=5))
-    assert res["overall"]["tasks"] == 12 and set(res["tools"]) == set(tools.names())
+    assert res["overall"]["tasks"] == 12 and set(res["tools"]) == set(TOOL_NAMES)
     assert res["overall"]["accuracy"] == 0.0  # a random model answers nothing right
 
 
@@ -104,7 +105,7 @@ def test_bad_input_is_a_user_error(tmp_path, corpus):
     bare.write_text(json.dumps({"family": "fact", "conversations": [], "answer": "1"}) + "\n")
     with pytest.raises(UserError, match="no tool tasks"):
         load_tool_tasks(bare)
-    assert {r["tool"] for r in load_tool_tasks(corpus / "eval" / "heldout.jsonl")} == set(tools.names())
+    assert {r["tool"] for r in load_tool_tasks(corpus / "eval" / "heldout.jsonl")} == set(TOOL_NAMES)
     with pytest.raises(UserError, match="--tools: no tasks for nosuch"):
         load_tool_tasks(corpus / "eval" / "tools_heldout.jsonl", only=["nosuch"])
     data = str(corpus / "eval" / "tools_heldout.jsonl")

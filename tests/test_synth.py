@@ -14,6 +14,7 @@ import pytest
 
 from minimind import tools
 from minimind.data.synth import synth_corpus
+from minimind.data.synth_tools import TOOL_NAMES
 from minimind.errors import UserError
 
 TRAIN_FILES = ["pretrain", "sft", "reason", "dpo", "rlaif", "agent_rl", "lora_identity",
@@ -135,7 +136,7 @@ def test_other_formats(synth):
     for r in recs["agent_rl"]:
         assert [m["role"] for m in r["conversations"]] == ["system", "user"]
         _check_messages(r["conversations"], "agent_rl")
-        assert "tools" in r["conversations"][0] and r["gt"].strip() and r["tool"] in tools.names()
+        assert "tools" in r["conversations"][0] and r["gt"].strip() and r["tool"] in TOOL_NAMES
         offered = [t["function"]["name"] for t in json.loads(r["conversations"][0]["tools"])]
         assert r["tool"] in offered
     for name in ("mcq", "heldout_mcq"):
@@ -177,7 +178,7 @@ def test_full_size_has_enough_heldout_records(tmp_path):
     assert per["fact"] >= 100 and per["add"] >= 100 and per["identity"] > 0 and per["tool"] > 0
     held = _read(tmp_path / "eval" / "tools_heldout.jsonl")
     per_tool = Counter(r["tool"] for r in held)
-    assert set(per_tool) == set(tools.names()) and min(per_tool.values()) >= 24, per_tool
+    assert set(per_tool) == set(TOOL_NAMES) and min(per_tool.values()) >= 24, per_tool
     assert per_tool["lookup"] >= 80  # both languages of the held-out facts
 
 
@@ -282,7 +283,7 @@ def test_sums_and_tool_results_are_correct(synth):
                     for v in copied:  # the arguments are copied from the question
                         assert str(v).lower() in question, (call, question)
                     calls[call["name"]] += 1
-    assert set(calls) == set(tools.names()) and min(calls.values()) > 5, calls
+    assert set(calls) == set(TOOL_NAMES) and min(calls.values()) > 5, calls
 
 
 def _states(tool, result, text):
@@ -395,7 +396,8 @@ def test_rule5_heldout_tool_tasks_never_in_training(synth):
     """No held-out tool task (its operands, fact, city, conversion or exchange) is called or asked in training."""
     recs = synth["recs"]
     held = recs["tools_heldout"]
-    assert {r["tool"] for r in held} == set(tools.names())
+    assert set(TOOL_NAMES) == {schema["function"]["name"] for _, schema in tools.BUILTINS}  # every built-in tool
+    assert {r["tool"] for r in held} == set(TOOL_NAMES)
     held_keys = {_call_key(r["call"]) for r in held}
     assert {(x["tool"], _call_key(x["call"])) for x in recs["heldout"] if x["family"] == "tool"} \
         <= {(r["tool"], _call_key(r["call"])) for r in held}
@@ -412,7 +414,7 @@ def test_rule5_heldout_tool_tasks_never_in_training(synth):
                     key = _call_key(call)
                     assert key not in held_keys, (name, call)
                     train_keys[key[0]] += 1
-    assert set(train_keys) == set(tools.names())  # the scan does see every tool's training calls
+    assert set(train_keys) == set(TOOL_NAMES)  # the scan does see every tool's training calls
     blob = synth["train_blob"]
     leaked = [r["conversations"][-1]["content"] for r in held if r["conversations"][-1]["content"] in blob]
     assert not leaked, leaked[:5]
