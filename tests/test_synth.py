@@ -162,6 +162,8 @@ def test_heldout_families_and_answers(synth):
             assert str(a) in r["conversations"][-1]["content"]
         if r["family"] == "tool":
             assert _states(r["call"]["name"], tools.execute(r["call"]), r["answer"])
+            # only the needed tool: short prompts for evaluations on small contexts
+            assert [t["function"]["name"] for t in json.loads(r["conversations"][0]["tools"])] == [r["tool"]]
         if r["family"] == "identity":
             assert r["answer"] == "MiniMind"
         question = r["conversations"][-1]["content"]

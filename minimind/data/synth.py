@@ -1278,10 +1278,14 @@ def build_heldout(g: Gen, frac: float) -> list[tuple[str, dict]]:
         fam["add"].append({"family": "add", "lang": lang, "operands": [a, b],
                            "conversations": msgs, "answer": str(a + b)})
     fam["identity"] = [rec for _, rec in _identity_eval(g, "MiniMind")]
+    from .synth_tools import tool_system
+
     by_tool: dict[str, list] = {}
     for r in build_tools_heldout(g):
         by_tool.setdefault(r["tool"], []).append(r)
-    fam["tool"] = [r for recs in by_tool.values() for r in rng.sample(recs, min(10, len(recs)))]
+    # offering only the needed tool keeps these prompts short: other evaluations run them on small contexts
+    fam["tool"] = [{**r, "conversations": [tool_system(r["lang"], [r["tool"]]), r["conversations"][-1]]}
+                   for recs in by_tool.values() for r in rng.sample(recs, min(10, len(recs)))]
     return _subsample(rng, fam, frac, floor=12)
 
 
