@@ -1,4 +1,5 @@
-"""bench/ on a CPU without bf16 units: the slow dtype is reported as slow, never run for hours.
+"""On a CPU without bf16 units (AVX2-only) bf16 matmuls are emulated, ~100x slower than fp32: bench/
+reports the slow dtype as slow instead of running it for hours, and Muon orthogonalises in fp32.
 
 MINIMIND_NO_FAST_BF16=1 makes minimind's bf16 probe answer "no bf16 units" on any machine, which
 is how these tests reach the AVX2-only code path on a machine that has the units.
@@ -45,3 +46,18 @@ def test_train_bench_skips_the_emulated_dtype(monkeypatch):
 
     jobs, skipped = plan_jobs(args)
     assert (len(skipped) == 0) == cpu_has_fast_bf16()  # on a bf16 machine nothing is skipped
+
+
+def test_muon_orthogonalises_in_fp32_where_bf16_is_emulated(monkeypatch):
+    import torch
+
+    from minimind.train import muon
+
+    g = torch.randn(64, 96)
+    monkeypatch.setenv("MINIMIND_NO_FAST_BF16", "1")
+    assert muon._ns_dtype(g.device) == torch.float32
+    o = muon.newton_schulz5(g)
+    assert o.dtype == torch.float32 and o.shape == g.shape
+    s = torch.linalg.svdvals(o)
+    assert 0.5 < s.min() and s.max() < 1.5  # NS5 pushes every singular value towards 1
+    assert muon._ns_dtype(torch.device("cuda")) == torch.bfloat16  # GPUs keep bf16
