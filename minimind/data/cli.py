@@ -14,7 +14,7 @@ def cmd_tokenizer_train(args):
 def cmd_data_synth(args):
     from .synth import synth_corpus
 
-    files = synth_corpus(args.out, seed=args.seed, size=args.size, progress=not args.no_progress)
+    files = synth_corpus(args.out, seed=args.seed, size=args.size, progress=not args.no_progress, mix=args.mix)
     for name, path in files.items():
         print(f"{name:<28} {path}")
 
@@ -66,6 +66,9 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="data/builtin")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=float, default=1.0, help="size multiplier (1.0 ~ a few MB of text)")
+    s.add_argument("--mix", default="default",
+                   help="document and conversation mix: default, or demo (fewer subjects stated more often, "
+                        "sums worked column by column: what `minimind demo` trains on)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_synth)
     s = dt.add_parser("prepare", help="validate and tokenize a JSONL file once into memory-mapped token files")

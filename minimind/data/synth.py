@@ -48,6 +48,7 @@ import math
 import random
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1465,14 +1466,58 @@ def _pretrain_docs(g: Gen, n: int) -> tuple[list[tuple[str, str]], list[str]]:
     return docs, held
 
 
-def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = True) -> dict[str, Path]:
+# Corpus mixes: knob values (module globals above, "Class.ATTR" for class attributes) that replace
+# the defaults while a corpus is written. "demo" is what 10 minutes of a 2-core CPU can learn from
+# (bench/RESULTS.md, "A demo that learns in 10 minutes"): fewer subjects per table, each stated
+# more often and in the answer's own words, chat-format documents in pretraining, sums worked
+# column by column in the replies, and "describe X" conversations that keep the pretraining
+# paragraphs in SFT.
+MIXES: dict[str, dict] = {
+    "default": {},
+    "demo": {
+        "TABLE_SIZES": {"country": 30, "planet": 8, "element": 20, "animal": 20, "invention": 12},
+        "CANONICAL_SHARE": 0.6, "FAQ_FACT_SHARE": 0.6, "ADD_TWO_DIGIT_SHARE": 0.9,
+        "ADD_SCRATCHPAD_SHARE": 1.0,
+        "Pretrain.KINDS": [("entity", 30), ("group", 12), ("glossary", 4), ("faq", 4), ("chat", 16),
+                           ("drill", 20), ("column", 6), ("word_problem", 4), ("story", 6)],
+        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 10),
+                      ("story", 4), ("multi_turn", 14), ("about", 14)],
+    },
+}
+
+
+@contextmanager
+def _mix(name: str):
+    """The knobs of MIXES[name] in force for the duration (restored afterwards, also on errors)."""
+    if name not in MIXES:
+        raise UserError(f"synth: unknown --mix {name!r}; choose one of {', '.join(MIXES)}")
+    here = sys.modules[__name__]
+    targets = [(getattr(here, k.split(".")[0]) if "." in k else here, k.split(".")[-1], v)
+               for k, v in MIXES[name].items()]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
+    try:
+        for obj, attr, value in targets:
+            setattr(obj, attr, value)
+        yield
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)
+
+
+def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = True,
+                 mix: str = "default") -> dict[str, Path]:
     """Write the built-in corpus into `out_dir` and return {name: path} of every file written.
 
     `size` scales the number of documents and conversations (1.0: ~21k pretraining documents,
     ~8.5 MB of text, 16k SFT conversations; generated in a few seconds); the held-out split
-    depends on `seed` only. Same seed and size give byte-identical files. Bad arguments raise
-    UserError.
+    depends on `seed` (and the mix's table sizes) only. `mix` names a set of MIXES. Same seed,
+    size and mix give byte-identical files. Bad arguments raise UserError.
     """
+    with _mix(mix):
+        return _synth_corpus(out_dir, seed, size, progress, mix)
+
+
+def _synth_corpus(out_dir, seed: int, size: float, progress: bool, mix: str) -> dict[str, Path]:
     out = _check_args(out_dir, seed, size)
     try:
         (out / "eval").mkdir(parents=True, exist_ok=True)
@@ -1510,7 +1555,7 @@ def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = Tru
         paths[name.split("/")[-1]] = path
         say(f"{path.name}: {counts[name]} records")
     manifest = {
-        "generator": "minimind.data.synth", "seed": seed, "size": size, "counts": counts,
+        "generator": "minimind.data.synth", "seed": seed, "size": size, "mix": mix, "counts": counts,
         "families": families,
         "heldout": {"facts": sorted(g.split.facts), "add_pairs": sorted(map(list, g.split.add_pairs)),
                     "tool_pairs": sorted(map(list, g.split.mul_pairs)),
