@@ -6,12 +6,13 @@ Each stage is the same command a user would run by hand (printed as it starts), 
 doubles as a walkthrough. It ends with a table of what the model learned: held-out accuracy per
 question family next to the numbers the README states for the same class of machine.
 
-The budget. `--minutes N` (default 10) is the time end to end. `stage_budgets` gives each training
-stage its share (SHARES); the rest pays for the corpus, the tokenizer, data preparation, the
-evaluation and the sample chats. A stage turns its seconds into optimizer steps at the throughput
-of the SLOW machine class (SLOW_CLASS_TOKENS_PER_S: 2 cores, AVX2 only, so fp32 training), so the
-demo ends on time there and early on faster machines. `budget_args` is the one place that tells a
-stage its budget.
+The budget. `--minutes N` (default 10) is the time end to end. The corpus and the tokenizer run
+first and their time is measured; `stage_budget` then gives each training stage its share
+(SHARES) of what is left after a reserve for the evaluation and the sample chats, and is asked
+again before SFT, so SFT absorbs whatever pretraining gained or lost. Each stage runs with
+`--time-budget` (the engine counts its data preparation, steps, final evaluation and save, and
+plans its steps and lr schedule to end on time), so the demo fits the budget on a slow machine and
+trains more on a fast one.
 
 The recipe (RECIPE) is what 10 minutes of such a CPU can teach, chosen by the experiments in
 bench/RESULTS.md ("A demo that learns in 10 minutes"): corpus size and mix, preset, batch, learning
