@@ -41,13 +41,13 @@ MIN_STAGE_S = 10.0  # a stage gets at least this (a budget too small for it stil
 # The 10-minute recipe (bench/RESULTS.md, "A demo that learns in 10 minutes"): the "demo" corpus mix,
 # Muon pretraining (lower loss per token than AdamW at this size) with a WSD schedule, small batches
 # (more steps in the same tokens), SFT at a lower lr than pretraining.
-RECIPE = dict(preset="nano", size=0.5, mix="demo", eval_limit=None,
+RECIPE = dict(preset="nano", size=0.5, mix="demo", eval_limit=None, log_every=10,
               pretrain=["--batch-size", "8", "--max-seq-len", "256", "--optimizer", "muon", "--lr", "3e-3",
                         "--muon-lr", "0.02", "--schedule", "wsd", "--decay-frac", "0.3", "--warmup", "20"],
               sft=["--batch-size", "8", "--max-seq-len", "320", "--lr", "1e-3", "--schedule", "cosine",
                    "--warmup", "10"])
 # a pipeline check, not a model: fixed steps (no budget), a tiny corpus, 8 held-out questions per family
-QUICK = dict(preset="nano", size=0.05, mix="demo", eval_limit=8, steps={"pretrain": 30, "sft": 20},
+QUICK = dict(preset="nano", size=0.05, mix="demo", eval_limit=8, log_every=1, steps={"pretrain": 30, "sft": 20},
              pretrain=["--batch-size", "8", "--max-seq-len", "128", "--lr", "3e-3", "--warmup", "5"],
              sft=["--batch-size", "8", "--max-seq-len", "256", "--lr", "1e-3", "--warmup", "5"])
 
@@ -125,10 +125,10 @@ def run_demo(args) -> dict:
     stage("pretrain", lambda: _run([
         "pretrain", "--data", str(data / "pretrain.jsonl"), "--eval-data", str(data / "eval/heldout_pretrain.jsonl"),
         "--tokenizer", str(tok_dir), "--preset", args.preset or plan["preset"], "--out", str(out / "pretrain"),
-        "--eval-batches", "4", "--log-every", "10"] + _stage_flags("pretrain", plan, args, spent()) + common))
+        "--eval-batches", "4", "--log-every", str(plan["log_every"])] + _stage_flags("pretrain", plan, args, spent()) + common))
     stage("sft", lambda: _run([
         "sft", "--data", str(data / "sft.jsonl"), "--init", str(out / "pretrain"), "--out", str(out / "sft"),
-        "--log-every", "10"] + _stage_flags("sft", plan, args, spent()) + common))
+        "--log-every", str(plan["log_every"])] + _stage_flags("sft", plan, args, spent()) + common))
     results = {}
     stage("eval", lambda: results.update(_evaluate(out, data, plan, args)))
     stage("samples", lambda: _samples(out, args))
