@@ -11,6 +11,7 @@ times `--steps` optimizer steps of `Trainer.train_step`. Reported:
                    (the peak of the same dtype measured by bench/peak.py in this run)
     peak RSS     = the subprocess's maximum resident memory
 
+A dtype this machine only emulates (bf16 on a CPU without AVX-512 BF16 / AMX) is listed as skipped.
 Writes bench/train.json; prints a table last.
 """
 
@@ -89,6 +90,19 @@ def run_one(preset: str, stage: str, dtype: str, seq: int, batch: int, steps: in
             "peak RSS MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def plan_jobs(args) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(jobs to run, [(job, why it is skipped)]): a dtype that is emulated here (bf16 on a CPU without
+    bf16 units, ~100x slower) is reported as skipped rather than run for hours."""
+    from bench.peak import dtype_is_slow
+
+    jobs = [dict(preset=p, stage=s, dtype=d, seq=args.seq, batch=args.batch, steps=args.steps, compile=False)
+            for p in args.presets.split(",") for s in args.stages.split(",") for d in args.dtypes.split(",")]
+    if args.compile:
+        jobs += [dict(j, compile=True) for j in jobs if j["dtype"] == "bf16"]
+    slow = [(j, dtype_is_slow(j["dtype"])) for j in jobs]
+    return [j for j, why in slow if not why], [(j, why) for j, why in slow if why]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="nano,minimind2-small")
@@ -107,11 +121,10 @@ def main():
 
     corpus()
     peak = peaks()
-    jobs = [dict(preset=p, stage=s, dtype=d, seq=args.seq, batch=args.batch, steps=args.steps, compile=False)
-            for p in args.presets.split(",") for s in args.stages.split(",") for d in args.dtypes.split(",")]
-    if args.compile:
-        jobs += [dict(j, compile=True) for j in jobs if j["dtype"] == "bf16"]
-    rows = []
+    jobs, skipped = plan_jobs(args)
+    for j, why in skipped:
+        print(f"skipped {j['preset']} {j['stage']} {j['dtype']}: {why}", flush=True)
+    rows = [{**j, "note": f"skipped: {why}"} for j, why in skipped]
     for j in jobs:
         r = subprocess.run([sys.executable, __file__, "--one", json.dumps(j)], capture_output=True, text=True)
         if r.returncode:
@@ -125,7 +138,8 @@ def main():
     m = machine()
     print(f"\ntraining throughput, {m['cpu']}, {m['threads']} threads, torch {m['torch']}; "
           f"peak bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s (measured now)")
-    print_table(rows, ["preset", "stage", "dtype", "compile", "seq", "batch", "useful tok/s", "MFU", "peak RSS MB"])
+    print_table(rows, ["preset", "stage", "dtype", "compile", "seq", "batch", "useful tok/s", "MFU", "peak RSS MB",
+                       "note"])
 
 
 if __name__ == "__main__":

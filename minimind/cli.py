@@ -21,6 +21,7 @@ from .errors import UserError
 COMMAND_MODULES = [
     "minimind.demo",               # demo
     "minimind.info",               # info
+    "minimind.doctor",             # doctor
     "minimind.data.cli",           # tokenizer train, data synth | prepare
     "minimind.train.commands",     # pretrain, sft, lora, dpo, distill
     "minimind.train.rl.commands",  # grpo, ppo, spo, cispo, reward train

@@ -1,13 +1,22 @@
-"""`minimind demo`: the whole pipeline on the built-in corpus, start to finish.
+"""`minimind demo`: the whole pipeline on the built-in corpus, start to finish, in a time budget.
 
     synth corpus -> BPE tokenizer -> pretrain -> SFT -> held-out eval -> sample chats
 
 Each stage is the same command a user would run by hand (printed as it starts), so the demo
-doubles as a walkthrough. With the default `nano` preset it takes about eight minutes on two CPU
-cores; `--quick` runs a tiny version in about a minute to check that everything works, and
-`--long` (about 34 minutes) pretrains six times longer and fine-tunes at a higher learning rate,
-after which the model answers most held-out addition questions and over half of the fact questions
-(the 10-minute model does not yet).
+doubles as a walkthrough. It ends with a table of what the model learned: held-out accuracy per
+question family next to the numbers the README states for the same class of machine.
+
+The budget. `--minutes N` (default 10) is the time end to end. The corpus and the tokenizer run
+first and their time is measured; `stage_budget` then gives each training stage its share
+(SHARES) of what is left after a reserve for the evaluation and the sample chats, and is asked
+again before SFT, so SFT absorbs whatever pretraining gained or lost. Each stage runs with
+`--time-budget` (the engine counts its data preparation, steps, final evaluation and save, and
+plans its steps and lr schedule to end on time), so the demo fits the budget on a slow machine and
+trains more on a fast one.
+
+The recipe (RECIPE) is what 10 minutes of such a CPU can teach, chosen by the experiments in
+bench/RESULTS.md ("A demo that learns in 10 minutes"): corpus size and mix, preset, batch, learning
+rates and optimizer. `--quick` runs a tiny version in about a minute to check that everything works.
 """
 
 from __future__ import annotations
@@ -19,18 +28,34 @@ from pathlib import Path
 
 from .errors import UserError
 
-# steps and batch sizes tuned so the default demo fits in ~10 minutes on 2 CPU cores
-# Sized from timed runs on 2 cores (~1.75 s per pretraining step of 32 x 256 tokens, ~0.9 s per packed
-# SFT step of 16 x 320): 200 + 150 steps took 7.7 minutes end to end (bench/RESULTS.md).
-FULL = dict(size=1.0, pretrain_steps=200, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
-            sft_steps=150, sft_bs=16, sft_seq=320, sft_lr=5e-4, eval_limit=None)
-# About 34 minutes on 2 cores. SFT at a 4x larger lr than FULL: measured on this pretrained model,
-# held-out accuracy fact 56% / add 97.5% / identity 72% at 2e-3 against 54% / 3.3% / 83% at 5e-4
-# (bench/RESULTS.md); on the 10-minute pretrained model 2e-3 did not help (fact 10% vs 13%).
-LONG = dict(size=1.0, pretrain_steps=1200, pretrain_bs=32, pretrain_seq=256, pretrain_lr=3e-3,
-            sft_steps=300, sft_bs=16, sft_seq=320, sft_lr=2e-3, eval_limit=None)
-QUICK = dict(size=0.05, pretrain_steps=30, pretrain_bs=8, pretrain_seq=128, pretrain_lr=3e-3,
-             sft_steps=20, sft_bs=8, sft_seq=256, sft_lr=5e-4, eval_limit=8)
+MINUTES = 10.0  # default end-to-end budget
+# The training stages share the time left after the corpus and the tokenizer (measured as they run)
+# and the reserve for what follows training, in these proportions. Data preparation is part of
+# each training command and counted in its --time-budget.
+SHARES = {"pretrain": 0.72, "sft": 0.28}
+# held-out evaluation and sample chats, which run after training: ~25 s measured on the slow class
+# (fp32 token budget) and under 10 s in bf16 here, plus start-up; reserved before training starts
+AFTER_TRAINING_S = 40.0
+MIN_STAGE_S = 10.0  # a stage gets at least this (a budget too small for it still finishes, late)
+
+# The 10-minute recipe (bench/RESULTS.md, "A demo that learns in 10 minutes"): the "demo" corpus mix,
+# Muon pretraining (lower loss per token than AdamW at this size) with a WSD schedule, small batches
+# (more steps in the same tokens), SFT at a lower lr than pretraining.
+RECIPE = dict(preset="nano", size=0.5, mix="demo", eval_limit=None, log_every=10,
+              pretrain=["--batch-size", "8", "--max-seq-len", "256", "--optimizer", "muon", "--lr", "3e-3",
+                        "--muon-lr", "0.02", "--schedule", "wsd", "--decay-frac", "0.3", "--warmup", "20"],
+              sft=["--batch-size", "8", "--max-seq-len", "320", "--lr", "1e-3", "--schedule", "cosine",
+                   "--warmup", "10"])
+# a pipeline check, not a model: fixed steps (no budget), a tiny corpus, 8 held-out questions per family
+QUICK = dict(preset="nano", size=0.05, mix="demo", eval_limit=8, log_every=1, steps={"pretrain": 30, "sft": 20},
+             pretrain=["--batch-size", "8", "--max-seq-len", "128", "--lr", "3e-3", "--warmup", "5"],
+             sft=["--batch-size", "8", "--max-seq-len", "256", "--lr", "1e-3", "--warmup", "5"])
+
+# held-out accuracy of the default demo as the README states it, per machine class (dtype trained in)
+README_RESULTS = {
+    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.17, "add": 0.0, "identity": 0.78, "tool": 0.0},
+    "bf16": {"label": "2-core bf16 CPU", "fact": 0.23, "add": 0.01, "identity": 0.94, "tool": 0.0},
+}
 
 SAMPLE_PROMPTS = [
     [{"role": "user", "content": "Who are you?"}],
@@ -38,6 +63,17 @@ SAMPLE_PROMPTS = [
     [{"role": "user", "content": "法国的首都是哪里？"}],
     [{"role": "user", "content": "What is 27 + 58?"}],
 ]
+
+
+def stage_budget(stage: str, total_s: float, spent_s: float, reserve_s: float = AFTER_TRAINING_S) -> float:
+    """Seconds of training for `stage`: what is left of `total_s` after `spent_s` and the reserve
+    for evaluation and samples, shared by this stage and the training stages after it in
+    proportion to SHARES. Asked again before each stage, so a stage that ends early or late moves
+    the next one's budget (the one place that decides every stage's time)."""
+    stages = list(SHARES)
+    later = stages[stages.index(stage):]
+    left = total_s - spent_s - reserve_s
+    return max(MIN_STAGE_S, left * SHARES[stage] / sum(SHARES[s] for s in later))
 
 
 def _run(argv: list[str]) -> None:
@@ -48,18 +84,32 @@ def _run(argv: list[str]) -> None:
     args.func(args)
 
 
+def _stage_flags(stage: str, plan: dict, args, spent_s: float) -> list[str]:
+    """--time-budget (or --quick's fixed steps), an optional --steps cap, and the recipe's flags."""
+    if args.quick:
+        steps = ["--steps", str(plan["steps"][stage])]
+    else:
+        seconds = stage_budget(stage, 60.0 * args.minutes, spent_s)
+        steps = ["--time-budget", f"{seconds:.0f}"]
+    cap = getattr(args, f"{stage}_steps")
+    if cap:
+        steps += ["--steps", str(cap)]
+    return steps + plan[stage]
+
+
 def run_demo(args) -> dict:
-    plan = dict(QUICK if args.quick else LONG if args.long else FULL)
-    if args.size != 1.0:
-        plan["size"] = args.size
-    if args.pretrain_steps:
-        plan["pretrain_steps"] = args.pretrain_steps
-    if args.sft_steps:
-        plan["sft_steps"] = args.sft_steps
+    plan = dict(QUICK if args.quick else RECIPE)
+    size = args.size if args.size is not None else plan["size"]
+    if not args.quick and not args.minutes > 0:
+        raise UserError(f"demo: --minutes must be positive, got {args.minutes:g}")
     out = Path(args.out)
     data, tok_dir = out / "data", out / "tokenizer"
     np = ["--no-progress"] if args.no_progress else []
     times = {}
+    start = time.perf_counter()
+
+    def spent() -> float:
+        return time.perf_counter() - start
 
     def stage(name, fn):
         t = time.perf_counter()
@@ -68,37 +118,62 @@ def run_demo(args) -> dict:
         print(f"[{name}: {times[name]:.0f} s]", flush=True)
 
     stage("corpus", lambda: _run(["data", "synth", "--out", str(data), "--seed", str(args.seed),
-                                  "--size", str(plan["size"])] + np))
+                                  "--size", str(size), "--mix", plan["mix"]] + np))
     stage("tokenizer", lambda: _run(["tokenizer", "train", "--data", str(data / "pretrain.jsonl"),
                                      str(data / "sft.jsonl"), "--out", str(tok_dir)] + np))
-    common = ["--device", args.device] + np
+    common = ["--device", args.device, "--dtype", args.dtype, "--seed", str(args.seed)] + np
     stage("pretrain", lambda: _run([
         "pretrain", "--data", str(data / "pretrain.jsonl"), "--eval-data", str(data / "eval/heldout_pretrain.jsonl"),
-        "--tokenizer", str(tok_dir), "--preset", args.preset, "--out", str(out / "pretrain"),
-        "--steps", str(plan["pretrain_steps"]), "--batch-size", str(plan["pretrain_bs"]),
-        "--max-seq-len", str(plan["pretrain_seq"]), "--lr", str(plan["pretrain_lr"]),
-        "--log-every", str(max(1, plan["pretrain_steps"] // 20)),
-        "--seed", str(args.seed)] + common))
+        "--tokenizer", str(tok_dir), "--preset", args.preset or plan["preset"], "--out", str(out / "pretrain"),
+        "--eval-batches", "4", "--log-every", str(plan["log_every"])] + _stage_flags("pretrain", plan, args, spent()) + common))
     stage("sft", lambda: _run([
         "sft", "--data", str(data / "sft.jsonl"), "--init", str(out / "pretrain"), "--out", str(out / "sft"),
-        "--steps", str(plan["sft_steps"]), "--batch-size", str(plan["sft_bs"]),
-        "--max-seq-len", str(plan["sft_seq"]), "--lr", str(plan["sft_lr"]),
-        "--log-every", str(max(1, plan["sft_steps"] // 20)),
-        "--seed", str(args.seed)] + common))
+        "--log-every", str(plan["log_every"])] + _stage_flags("sft", plan, args, spent()) + common))
     results = {}
     stage("eval", lambda: results.update(_evaluate(out, data, plan, args)))
     stage("samples", lambda: _samples(out, args))
-    total = sum(times.values())
+    total = spent()
     print("\nstage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + f"; total {total / 60:.1f} min")
-    summary = {"times_s": times, "total_s": total, "accuracy": {k: v["accuracy"] for k, v in results.items()}}
+    accuracy = {k: v["accuracy"] for k, v in results.items()}
+    cls = machine_class(args)
+    print("\n" + learned_table(accuracy, cls, quick=args.quick))
+    summary = {"times_s": times, "total_s": total, "accuracy": accuracy, "machine_class": cls,
+               "minutes": None if args.quick else args.minutes}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"""
 What next:
   minimind chat {out}/sft                      # talk to it (/think on, /reset, /exit)
   minimind eval tasks {out}/sft --data {data}/eval/heldout.jsonl
+  minimind data show {data}/sft.jsonl --line 1 --tokenizer {tok_dir}   # what SFT trains on
   minimind plot {out}/pretrain                 # loss and lr curves -> {out}/pretrain/curves.png
   minimind pretrain --help                     # train on your own data (see README)""")
     return summary
+
+
+def machine_class(args) -> str:
+    """"bf16" or "fp32" (the dtype training ran in on a CPU), or the device type elsewhere."""
+    from .runtime import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    if device.type != "cpu":
+        return device.type
+    return "bf16" if str(pick_dtype(args.dtype, device)) == "torch.bfloat16" else "fp32"
+
+
+def learned_table(accuracy: dict, cls: str, quick: bool = False) -> str:
+    """Held-out accuracy per family next to what the README states for this machine class."""
+    ref = README_RESULTS.get(cls)
+    head = f"{ref['label']} (README)" if ref and not quick else "README"
+    lines = ["What the model learned - held-out questions it never saw in training:",
+             f"  {'family':<10} {'this run':>9}   {head}"]
+    for fam, acc in sorted(accuracy.items()):
+        want = ref.get(fam) if ref and not quick else None
+        lines.append(f"  {fam:<10} {acc:>9.1%}   " + (f"{want:.0%}" if want is not None else "-"))
+    if quick:
+        lines.append("  (--quick checks the pipeline; its model is too small and brief to answer)")
+    elif not ref:
+        lines.append(f"  (no README numbers for a {cls} machine yet)")
+    return "\n".join(lines)
 
 
 def _evaluate(out: Path, data: Path, plan: dict, args) -> dict:
@@ -106,8 +181,8 @@ def _evaluate(out: Path, data: Path, plan: dict, args) -> dict:
     from .infer.generate import load_for_inference
 
     print("\n$ minimind eval tasks " + f"{out}/sft --data {data}/eval/heldout.jsonl", flush=True)
-    model, tok = load_for_inference(out / "sft", args.device)
-    records = load_heldout(data / "eval" / "heldout.jsonl", plan["eval_limit"])
+    model, tok = load_for_inference(out / "sft", args.device, dtype=args.dtype)  # --dtype fp32: the slow class
+    records = load_heldout(data / "eval" / "heldout.jsonl", plan.get("eval_limit"))
     res = evaluate_tasks(model, tok, records, progress=not args.no_progress)
     print(format_table(res))
     (out / "eval_heldout.json").write_text(json.dumps(res, ensure_ascii=False, indent=2))
@@ -132,16 +207,27 @@ def _samples(out: Path, args) -> None:
 
 
 def add_commands(sub) -> None:
-    s = sub.add_parser("demo", help="the whole pipeline on the built-in corpus in minutes (start here)")
+    s = sub.add_parser("demo", help="the whole pipeline on the built-in corpus in 10 minutes (start here)",
+                       description="Corpus, tokenizer, pretraining, SFT, held-out evaluation and sample chats, "
+                                   "each printed as the command a user would run, in --minutes end to end: each "
+                                   "training stage runs with --time-budget, its share of the time the corpus, the "
+                                   "tokenizer and the evaluation leave. Ends with a table of held-out accuracy "
+                                   "next to the README's numbers for the same class of machine.")
     s.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
-    s.add_argument("--preset", default="nano", help="model shape (default nano)")
-    s.add_argument("--size", type=float, default=1.0, help="built-in corpus size multiplier")
-    s.add_argument("--pretrain-steps", type=int, default=None, help="default: tuned for ~10 minutes on 2 cores")
-    s.add_argument("--sft-steps", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--quick", action="store_true", help="a tiny run to check the pipeline (about a minute)")
-    s.add_argument("--long", action="store_true",
-                   help="pretrain 6x longer, fine-tune at lr 2e-3 (~34 min on 2 cores); see README for what that buys")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--minutes", type=float, default=MINUTES,
+                   help=f"time budget end to end (default {MINUTES:g}); pretraining and SFT share what the corpus, "
+                        f"tokenizer and a {AFTER_TRAINING_S:.0f} s reserve for evaluation leave, "
+                        f"{SHARES['pretrain']:.0%} / {SHARES['sft']:.0%}".replace("%", "%%"))
+    s.add_argument("--preset", default=None, help=f"model shape (default {RECIPE['preset']})")
+    s.add_argument("--size", type=float, default=None, help=f"built-in corpus size multiplier (default {RECIPE['size']:g})")
+    s.add_argument("--pretrain-steps", type=int, default=None, help="at most this many pretraining steps (the budget may stop it sooner)")
+    s.add_argument("--sft-steps", type=int, default=None, help="at most this many SFT steps (the budget may stop it sooner)")
+    s.add_argument("--seed", type=int, default=0, help="corpus, initialisation and data order (default 0)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    s.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU/GPU is fast at it, else fp32), fp32, bf16")
+    s.add_argument("--quick", action="store_true",
+                   help="a tiny run with fixed steps to check the pipeline (about a minute; ignores --minutes)")
+    s.add_argument("--long", action="store_const", const=30.0, dest="minutes",
+                   help="the same recipe with a 30-minute budget (same as --minutes 30)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=run_demo)

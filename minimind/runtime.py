@@ -112,6 +112,12 @@ def inference_dtype(device) -> torch.dtype:
 
 
 def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN reports bf16 matrix units (AVX-512 BF16 / AMX).
+
+    MINIMIND_NO_FAST_BF16=1 makes it False: the slow-bf16 paths (fp32 training, benchmarks that skip
+    or time-bound bf16) can then be exercised on a machine that has the units."""
+    if os.environ.get("MINIMIND_NO_FAST_BF16", "") not in ("", "0"):
+        return False
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -46,15 +46,30 @@ def _strings(obj):
             yield from _strings(v)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
+def _make(tmp_path_factory, mix: str) -> dict:
     out = tmp_path_factory.mktemp("synth")
-    paths = synth_corpus(out, seed=0, size=0.15, progress=False)
+    paths = synth_corpus(out, seed=0, size=0.15, progress=False, mix=mix)
     recs = {name: _read(p) for name, p in paths.items() if name != "manifest"}
     manifest = json.loads(paths["manifest"].read_text(encoding="utf-8"))
     train_strings = [s for name in TRAIN_FILES for r in recs[name] for s in _strings(r)]
     return {"paths": paths, "recs": recs, "manifest": manifest, "train_strings": train_strings,
             "train_blob": "\n\x00\n".join(train_strings)}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return _make(tmp_path_factory, "default")
+
+
+@pytest.fixture(scope="module")
+def demo_mix(tmp_path_factory):
+    return _make(tmp_path_factory, "demo")
+
+
+@pytest.fixture(params=["default", "demo"])
+def any_mix(request):
+    """The held-out rules and the arithmetic hold for every corpus mix."""
+    return request.getfixturevalue("synth" if request.param == "default" else "demo_mix")
 
 
 # ----------------------------------------------------------------------------- files and formats
@@ -242,8 +257,8 @@ def test_both_languages_everywhere(synth):
         assert any(re.search(r"[A-Za-z]{4}", s) and not CJK.search(s) for s in users), name
 
 
-def test_sums_and_tool_results_are_correct(synth):
-    recs = synth["recs"]
+def test_sums_and_tool_results_are_correct(any_mix):
+    recs = any_mix["recs"]
     n = 0
     for name in ("pretrain", "sft", "reason", "rlaif", "lora_identity", "heldout_pretrain"):
         for r in recs[name]:
@@ -316,13 +331,13 @@ def _heldout_pairs(synth):
     return {tuple(sorted(p)) for p in synth["manifest"]["heldout"]["add_pairs"]}
 
 
-def test_rule1_heldout_addition_pairs_never_in_training(synth):
-    held = _heldout_pairs(synth)
+def test_rule1_heldout_addition_pairs_never_in_training(any_mix):
+    held = _heldout_pairs(any_mix)
     assert len(held) >= 100
-    eval_pairs = {tuple(sorted(r["operands"])) for r in synth["recs"]["heldout"] if r["family"] == "add"}
+    eval_pairs = {tuple(sorted(r["operands"])) for r in any_mix["recs"]["heldout"] if r["family"] == "add"}
     assert eval_pairs and eval_pairs <= held
     seen = set()
-    for s in synth["train_strings"]:
+    for s in any_mix["train_strings"]:
         for m in ADD_FORM.finditer(s):
             a, b = int(m.group(1)), int(m.group(2))
             if 10 <= a <= 99 and 10 <= b <= 99:
@@ -339,8 +354,8 @@ def test_rule1_heldout_addition_pairs_never_in_training(synth):
     assert not seen & held, sorted(seen & held)[:5]
 
 
-def test_rule2_heldout_fact_questions_never_in_training(synth):
-    recs, blob = synth["recs"], synth["train_blob"]
+def test_rule2_heldout_fact_questions_never_in_training(any_mix):
+    recs, blob = any_mix["recs"], any_mix["train_blob"]
     prompts = {r["question"] for r in recs["heldout_mcq"]}
     prompts |= {r["conversations"][-1]["content"] for r in recs["heldout"] if r["family"] in ("fact", "identity")}
     # fact questions of heldout_dpo (its sums are rule 1's business: "159 + 62" contains "59 + 62")
@@ -356,8 +371,8 @@ def test_rule2_heldout_fact_questions_never_in_training(synth):
     assert sum(q in sft_blob for q in set(train_q)) > 0.3 * len(set(train_q))
 
 
-def test_rule3_heldout_fact_answers_are_in_pretraining(synth):
-    recs = synth["recs"]
+def test_rule3_heldout_fact_answers_are_in_pretraining(any_mix):
+    recs = any_mix["recs"]
     docs = [r["text"] for r in recs["pretrain"]]
     facts = [r for r in recs["heldout"] if r["family"] == "fact"]
     assert len(facts) >= 12 and {r["lang"] for r in facts} == {"en", "zh"}
@@ -369,9 +384,9 @@ def test_rule3_heldout_fact_answers_are_in_pretraining(synth):
         assert answer in blob, answer
 
 
-def test_rule4_heldout_pretrain_documents_are_new(synth):
-    held = [r["text"] for r in synth["recs"]["heldout_pretrain"]]
-    blob = "\n\x00\n".join(r["text"] for r in synth["recs"]["pretrain"])
+def test_rule4_heldout_pretrain_documents_are_new(any_mix):
+    held = [r["text"] for r in any_mix["recs"]["heldout_pretrain"]]
+    blob = "\n\x00\n".join(r["text"] for r in any_mix["recs"]["pretrain"])
     assert len(held) >= 10
     assert not [t for t in held if t in blob]
 
@@ -423,3 +438,25 @@ def test_rule5_heldout_tool_tasks_never_in_training(synth):
     # RL prompts hold no held-out question either, and their gt is what the tool answers
     for r in recs["agent_rl"]:
         assert r["conversations"][-1]["content"] not in {h["conversations"][-1]["content"] for h in held}
+
+
+def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
+    import minimind.data.synth as synth_mod
+
+    assert synth_mod.ADD_SCRATCHPAD_SHARE == 0.0 and synth_mod.TABLE_SIZES is None  # defaults back
+    assert ("about", 14) not in synth_mod.SFT_KINDS
+    m = demo_mix["manifest"]
+    assert m["mix"] == "demo"
+    assert m["families"]["pretrain"].get("chat", 0) > 0 and m["families"]["sft"].get("about", 0) > 0
+    # replies to a user's question (a tool's result is answered directly, as before)
+    replies = [m for r in demo_mix["recs"]["sft"] for u, m in zip(r["conversations"], r["conversations"][1:])
+               if u["role"] == "user" and m["role"] == "assistant" and not m.get("reasoning_content")]
+    worked = [m["content"] for m in replies if m["content"].startswith(("Ones:", "个位"))]
+    direct = [m["content"] for m in replies if re.fullmatch(r"\d+ \+ \d+ = \d+[.。]", m["content"])]
+    assert len(worked) > 50 and not direct  # every sum reply without <think> works the columns out
+    for text in worked:
+        ones, tens = re.findall(r"(\d) \+ (\d)(?: \+ 1)? = (\d+)", text)[:2]
+        a, b, c = map(int, EQUATION.findall(text)[-1])
+        assert (int(ones[0]), int(ones[1])) == (a % 10, b % 10) and a + b == c, text
+    # fewer subjects (TABLE_SIZES), so fewer held-out facts than the default corpus
+    assert 30 < len(m["heldout"]["facts"]) < len(synth["manifest"]["heldout"]["facts"])

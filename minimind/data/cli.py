@@ -1,4 +1,4 @@
-"""`minimind data synth | prepare` and `minimind tokenizer train`: the corpus and the tokens."""
+"""`minimind data synth | prepare | show` and `minimind tokenizer train | show`: the corpus and the tokens."""
 
 from __future__ import annotations
 
@@ -14,9 +14,21 @@ def cmd_tokenizer_train(args):
 def cmd_data_synth(args):
     from .synth import synth_corpus
 
-    files = synth_corpus(args.out, seed=args.seed, size=args.size, progress=not args.no_progress)
+    files = synth_corpus(args.out, seed=args.seed, size=args.size, progress=not args.no_progress, mix=args.mix)
     for name, path in files.items():
         print(f"{name:<28} {path}")
+
+
+def cmd_data_show(args):
+    from .show import cmd_data_show as show
+
+    show(args)
+
+
+def cmd_tokenizer_show(args):
+    from .show import cmd_tokenizer_show as show
+
+    show(args)
 
 
 def cmd_data_prepare(args):
@@ -40,12 +52,23 @@ def add_commands(sub) -> None:
     s.add_argument("--max-docs", type=int, default=None, help="use at most this many records")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_tokenizer_train)
+    s = tk.add_parser("show", help="how a text is tokenized: each token's id, text and bytes",
+                      description="Tokenize TEXT and list each token: id, text (spaces as ␣) and UTF-8 bytes. "
+                                  "A token that holds part of a character (byte-level BPE splits rare Chinese "
+                                  "characters) is shown as its bytes and the character it belongs to.")
+    s.add_argument("text", nargs="+", help="the text (several words are joined with spaces)")
+    s.add_argument("--tokenizer", help="tokenizer, checkpoint or run directory (default runs/demo/tokenizer)")
+    s.add_argument("--json", action="store_true", help="one JSON list of tokens instead of the table")
+    s.set_defaults(func=cmd_tokenizer_show)
 
     dt = command_group(sub, "data", "built-in corpus and data preparation")
     s = dt.add_parser("synth", help="write the built-in bilingual corpus (all stages + held-out eval)")
     s.add_argument("--out", default="data/builtin")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=float, default=1.0, help="size multiplier (1.0 ~ a few MB of text)")
+    s.add_argument("--mix", default="default",
+                   help="document and conversation mix: default, or demo (fewer subjects stated more often, "
+                        "sums worked column by column: what `minimind demo` trains on)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_synth)
     s = dt.add_parser("prepare", help="validate and tokenize a JSONL file once into memory-mapped token files")
@@ -57,3 +80,19 @@ def add_commands(sub) -> None:
     s.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_prepare)
+    s = dt.add_parser("show", help="one record as the model sees it, with the trained tokens marked",
+                      description="Render one record (the chat template for conversations) and mark the "
+                                  "tokens training learns to produce - green in a terminal, between [[ and ]] "
+                                  "otherwise - with token counts. The mask is the one `data prepare` stores "
+                                  "and SFT trains on.")
+    s.add_argument("path", help="a JSONL file, or a directory written by `data prepare`")
+    s.add_argument("--line", type=int, default=1,
+                   help="line of the JSONL file, or record of a prepared directory, from 1 (default 1); a "
+                        "prepared directory leaves out empty and skipped lines")
+    s.add_argument("--tokenizer", help="tokenizer, checkpoint or run directory (default runs/demo/tokenizer)")
+    s.add_argument("--max-seq-len", type=int, default=None,
+                   help="show where training with this --max-seq-len cuts the record")
+    s.add_argument("--tokens", action="store_true", help="one line per token (position, id, trained, text)")
+    s.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the trained tokens (auto: when printing to a terminal), else [[brackets]]")
+    s.set_defaults(func=cmd_data_show)

@@ -50,10 +50,12 @@ import math
 import random
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..tokenizer import render_chat_text
 
 # ============================================================================ fact tables
 
@@ -246,7 +248,35 @@ class Subject:
     slots: dict
 
 
-def _subjects() -> list[Subject]:
+def _round_robin(subjects: list[Subject], key) -> list[Subject]:
+    """Subjects reordered so that every prefix is balanced over `key` (continents, animal classes)."""
+    groups: dict = {}
+    for s in subjects:
+        groups.setdefault(key(s), []).append(s)
+    out, i = [], 0
+    while len(out) < len(subjects):
+        out += [g[i] for g in groups.values() if i < len(g)]
+        i += 1
+    return out
+
+
+def _subjects(table_sizes: dict | None = None) -> list[Subject]:
+    """Every row of the fact tables, or the first `table_sizes[table]` of each table, taken so
+    that countries stay spread over the continents and animals over their classes."""
+    rows = _all_subjects()
+    if not table_sizes:
+        return rows
+    keys = {"country": lambda s: s.slots["continent"], "animal": lambda s: s.slots["cls"]}
+    out = []
+    for table in ("country", "planet", "element", "animal", "invention"):
+        subs = [s for s in rows if s.table == table]
+        if table in keys:
+            subs = _round_robin(subs, keys[table])
+        out += subs[:table_sizes.get(table, len(subs))]
+    return out
+
+
+def _all_subjects() -> list[Subject]:
     out = []
     for name, zh, cap, cap_zh, cont in COUNTRIES:
         slots = dict(name=name, Name=_cap(name), zh=zh, capital=cap, capital_zh=cap_zh,
@@ -422,6 +452,16 @@ NO_MOONS = ("{Name} has no moons.", "{zh}没有卫星。")
 NO_LEGS = ("{A} has no legs.", "{zh}没有腿。")
 
 
+EN_SHARE = 0.6  # share of English documents and conversations (the rest Chinese)
+TABLE_SIZES: dict | None = None  # rows of each fact table to use (None: all)
+ADD_TWO_DIGIT_SHARE = 0.72  # share of training additions with two two-digit addends
+CANONICAL_SHARE = 0.3  # share of fact statements in pretraining that are the SFT answer sentence
+FAQ_FACT_SHARE = 0.75  # share of Q/A lines in pretraining FAQs that ask about facts (the rest: sums)
+# share of chat answers to sums that work the columns out in the reply itself (ones digit, carry,
+# tens digit, then the sum): the digits a small model cannot look up at once, one at a time
+ADD_SCRATCHPAD_SHARE = 0.0
+
+
 @dataclass(frozen=True)
 class Fact:
     """One (relation, subject) pair: the unit the held-out split is drawn over."""
@@ -444,7 +484,7 @@ class Fact:
 
     def statement(self, lang: str, rng: random.Random) -> str:
         """A pretraining sentence: the canonical answer sentence or one of its paraphrases."""
-        if rng.random() < 0.3:
+        if rng.random() < CANONICAL_SHARE:
             return self.answer_sentence(lang)
         return rng.choice(self.rel.en_s if lang == "en" else self.rel.zh_s).format(**self.subj.slots)
 
@@ -517,6 +557,8 @@ ADD_Q = (["What is {a} + {b}?", "What is {a} plus {b}?", "Calculate {a} + {b}.",
 MUL_Q = (["What is {a} times {b}?", "Calculate {a} × {b}.", "Please compute {a}*{b}.",
           "Use the calculator: what is {a} multiplied by {b}?"],
          ["{a}乘以{b}等于多少？", "请计算{a}×{b}。", "帮我算一下{a}乘{b}。"])
+ABOUT_Q = (["What do you know about {x}?", "Describe {x}.", "Give me some facts about {x}."],
+           ["介绍一下{x}。", "你知道{x}的哪些事？", "讲讲{x}。"])
 BIG_ADD_Q = (["What is {a} plus {b}? Use the calculator.", "Please compute {a}+{b} with the calculator."],
              ["用计算器算一下{a}加{b}。", "请用计算器计算{a}+{b}。"])
 
@@ -581,7 +623,7 @@ class Gen:
 
     def __init__(self, seed: int):
         self.seed = seed
-        self.subjects = _subjects()
+        self.subjects = _subjects(TABLE_SIZES)
         self.facts = _facts(self.subjects)
         self.split = draw_split(seed, self.facts)
         self.train_facts = [f for f in self.facts if f.id not in self.split.facts]
@@ -608,15 +650,16 @@ class Gen:
         """Training addends: mostly two-digit pairs, some one- and three-digit ones."""
         while True:
             r = rng.random()
-            if r < 0.72:
+            rest = (r - ADD_TWO_DIGIT_SHARE) / (1 - ADD_TWO_DIGIT_SHARE) if r >= ADD_TWO_DIGIT_SHARE else -1
+            if rest < 0:
                 a, b = rng.randint(10, 99), rng.randint(10, 99)
-            elif r < 0.8:
+            elif rest < 0.08 / 0.28:
                 a, b = rng.randint(1, 9), rng.randint(10, 99)
                 if rng.random() < 0.5:
                     a, b = b, a
-            elif r < 0.85:
+            elif rest < 0.13 / 0.28:
                 a, b = rng.randint(1, 9), rng.randint(1, 9)
-            elif r < 0.92:
+            elif rest < 0.20 / 0.28:
                 a, b = rng.randint(100, 999), rng.randint(10, 99)
             else:
                 a, b = rng.randint(100, 999), rng.randint(100, 999)
@@ -644,7 +687,7 @@ class Gen:
 
 
 def _lang(rng: random.Random) -> str:
-    return "en" if rng.random() < 0.6 else "zh"
+    return "en" if rng.random() < EN_SHARE else "zh"
 
 
 def _join(sentences: list[str], lang: str) -> str:
@@ -831,13 +874,21 @@ class Pretrain:
         q, a = ("Q: ", "A: ") if lang == "en" else ("问：", "答：")
         lines = []
         for _ in range(rng.randint(3, 7)):
-            if rng.random() < 0.75:
+            if rng.random() < FAQ_FACT_SHARE:
                 f = self.g.train_fact(rng)
                 lines += [q + f.question(lang, rng), a + f.answer_sentence(lang)]
             else:
                 x, y = self.g.add_pair(rng)
                 lines += [q + rng.choice(ADD_Q[lang == "zh"]).format(a=x, b=y), a + add_answer(x, y, lang)]
         return "\n".join(lines)
+
+    def _chat(self, lang: str) -> str:
+        """One to three exchanges about TRAIN facts and sums, written in the chat template: the
+        format SFT teaches, seen while the facts are being learned ("mixed training")."""
+        chat, msgs = Chat(self.g, self.rng), []
+        for _ in range(self.rng.randint(1, 3)):
+            msgs += chat.fact_qa(lang) if self.rng.random() < FAQ_FACT_SHARE else chat.add_qa(lang)
+        return render_chat_text(_with_system(self.rng, lang, msgs, 0.2))[0].rstrip("\n")
 
     # -- arithmetic
     def _drill(self, lang: str) -> str:
@@ -936,7 +987,20 @@ class Chat:
     def add_qa(self, lang: str, reasoning: bool = False) -> list[dict]:
         a, b = self.g.add_pair(self.rng)
         q = self.rng.choice(ADD_Q[lang == "zh"]).format(a=a, b=b)
-        return [user(q), assistant(add_answer(a, b, lang), column_steps(a, b, lang) if reasoning else None)]
+        if reasoning:
+            return [user(q), assistant(add_answer(a, b, lang), column_steps(a, b, lang))]
+        if ADD_SCRATCHPAD_SHARE and self.rng.random() < ADD_SCRATCHPAD_SHARE:
+            return [user(q), assistant(column_steps(a, b, lang))]
+        return [user(q), assistant(add_answer(a, b, lang))]
+
+    def about(self, lang: str, pre: "Pretrain") -> list[dict]:
+        """"Tell me about X" answered with a pretraining paragraph: the statements the facts were
+        learned from, kept in training while SFT teaches the chat format."""
+        s = self.rng.choice(self.g.subjects)
+        v = s.slots
+        name = v["zh"] if lang == "zh" else v.get("Name") or v.get("Thing") or _cap(v["name"])
+        q = self.rng.choice(ABOUT_Q[lang == "zh"]).format(x=name)
+        return [user(q), assistant(pre._entity(lang, s))]
 
     def identity_qa(self, lang: str, who: str = "minimind") -> list[dict]:
         """A training phrasing of "who are you?" answered as MiniMind (or as Lumen for LoRA)."""
@@ -972,12 +1036,14 @@ def _convo(msgs: list[dict]) -> dict:
 # ============================================================================ file builders
 # Each returns a list of (family, record); `n` is the number of records to make.
 
+SFT_KINDS = [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 20),
+             ("story", 4), ("multi_turn", 14)]
+
+
 def build_sft(g: Gen, n: int) -> list[tuple[str, dict]]:
     rng = g.rng("sft")
     chat, pre = Chat(g, rng), Pretrain(g, rng)
-    kinds = [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 20),
-             ("story", 4), ("multi_turn", 14)]
-    names, weights = zip(*kinds)
+    names, weights = zip(*SFT_KINDS)
     out = []
     for _ in range(n):
         kind = rng.choices(names, weights)[0]
@@ -993,6 +1059,8 @@ def build_sft(g: Gen, n: int) -> list[tuple[str, dict]]:
             msgs = chat.greeting(lang)
         elif kind == "story":
             msgs = chat.story_qa(lang, pre)
+        elif kind == "about":
+            msgs = chat.about(lang, pre)
         elif kind == "tool":
             lang, msgs = _tool_or_direct(chat, rng, think)
         else:
@@ -1379,21 +1447,65 @@ def _pretrain_docs(g: Gen, n: int) -> tuple[list[tuple[str, str]], list[str]]:
     return docs, held
 
 
-def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = True) -> dict[str, Path]:
+# Corpus mixes: knob values (module globals above, "Class.ATTR" for class attributes) that replace
+# the defaults while a corpus is written. "demo" is what 10 minutes of a 2-core CPU can learn from
+# (bench/RESULTS.md, "A demo that learns in 10 minutes"): fewer subjects per table, each stated
+# more often and in the answer's own words, chat-format documents in pretraining, sums worked
+# column by column in the replies, and "describe X" conversations that keep the pretraining
+# paragraphs in SFT.
+MIXES: dict[str, dict] = {
+    "default": {},
+    "demo": {
+        "TABLE_SIZES": {"country": 30, "planet": 8, "element": 20, "animal": 20, "invention": 12},
+        "CANONICAL_SHARE": 0.6, "FAQ_FACT_SHARE": 0.6, "ADD_TWO_DIGIT_SHARE": 0.9,
+        "ADD_SCRATCHPAD_SHARE": 1.0,
+        "Pretrain.KINDS": [("entity", 30), ("group", 12), ("glossary", 4), ("faq", 4), ("chat", 16),
+                           ("drill", 20), ("column", 6), ("word_problem", 4), ("story", 6)],
+        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 10),
+                      ("story", 4), ("multi_turn", 14), ("about", 14)],
+    },
+}
+
+
+@contextmanager
+def _mix(name: str):
+    """The knobs of MIXES[name] in force for the duration (restored afterwards, also on errors)."""
+    if name not in MIXES:
+        raise UserError(f"synth: unknown --mix {name!r}; choose one of {', '.join(MIXES)}")
+    here = sys.modules[__name__]
+    targets = [(getattr(here, k.split(".")[0]) if "." in k else here, k.split(".")[-1], v)
+               for k, v in MIXES[name].items()]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
+    try:
+        for obj, attr, value in targets:
+            setattr(obj, attr, value)
+        yield
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)
+
+
+def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = True,
+                 mix: str = "default") -> dict[str, Path]:
     """Write the built-in corpus into `out_dir` and return {name: path} of every file written.
 
     `size` scales the number of documents and conversations (1.0: ~21k pretraining documents,
     ~8.5 MB of text, 16k SFT conversations; generated in a few seconds); the held-out split
-    depends on `seed` only. Same seed and size give byte-identical files. Bad arguments raise
-    UserError.
+    depends on `seed` (and the mix's table sizes) only. `mix` names a set of MIXES. Same seed,
+    size and mix give byte-identical files. Bad arguments raise UserError.
     """
+    with _mix(mix):
+        return _synth_corpus(out_dir, seed, size, progress, mix)
+
+
+def _synth_corpus(out_dir, seed: int, size: float, progress: bool, mix: str) -> dict[str, Path]:
     out = _check_args(out_dir, seed, size)
     try:
         (out / "eval").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"synth: cannot create {out / 'eval'} ({e.strerror}); pick a writable directory") from None
     g = Gen(seed)
-    frac = min(1.0, size)
+    frac = min(1.0, 4 * size)  # the whole held-out split from size 0.25 up; tiny corpora get tiny ones
 
     def say(msg: str) -> None:
         if progress:
@@ -1425,7 +1537,7 @@ def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = Tru
         paths[name.split("/")[-1]] = path
         say(f"{path.name}: {counts[name]} records")
     manifest = {
-        "generator": "minimind.data.synth", "seed": seed, "size": size, "counts": counts,
+        "generator": "minimind.data.synth", "seed": seed, "size": size, "mix": mix, "counts": counts,
         "families": families,
         "heldout": {"facts": sorted(g.split.facts), "add_pairs": sorted(map(list, g.split.add_pairs)),
                     "tool_pairs": sorted(map(list, g.split.mul_pairs)),

@@ -8,7 +8,7 @@ For each 2-D hidden weight W (attention and MLP projections) with gradient G:
     W <- W * (1 - lr * wd) - lr * max(1, rows/cols)^0.5 * O
 
 NewtonSchulz5 runs five iterations of the quintic X <- a X + (b X X^T + c (X X^T)^2) X with
-(a, b, c) = (3.4445, -4.7750, 2.0315) on X = U / ||U||_F, in bf16; it pushes every singular value
+(a, b, c) = (3.4445, -4.7750, 2.0315) on X = U / ||U||_F, in bf16 (fp32 on CPUs without bf16 units); it pushes every singular value
 towards ~1 without computing an SVD. Embeddings, the LM head, norms and biases (and MoE routers) are
 not "hidden matrices" and stay with AdamW, as in modded-nanogpt and nanochat. `build_muon` returns one
 optimizer object that steps both.
@@ -23,7 +23,7 @@ from .engine import param_groups
 
 def newton_schulz5(G, steps: int = 5, eps: float = 1e-7):
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16()
+    X = G.to(_ns_dtype(G.device))
     transposed = X.size(0) > X.size(1)
     if transposed:  # iterate on the wide orientation: X X^T is the smaller Gram matrix
         X = X.T
@@ -32,6 +32,16 @@ def newton_schulz5(G, steps: int = 5, eps: float = 1e-7):
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return (X.T if transposed else X).to(G.dtype)
+
+
+def _ns_dtype(device) -> torch.dtype:
+    """bf16 where its matmuls are fast (GPUs, CPUs with AVX-512 BF16 / AMX); fp32 on CPUs that only
+    emulate bf16 (~100x slower): there five bf16 iterations would cost seconds per step."""
+    from ..runtime import cpu_has_fast_bf16
+
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        return torch.float32
+    return torch.bfloat16
 
 
 class Muon(torch.optim.Optimizer):
