@@ -94,11 +94,14 @@ def apply_rope(x, cos, sin):
 # ----------------------------------------------------------------------------- KV cache
 
 class KVCache:
-    """Pre-allocated keys/values for every layer: (B, g, max_len, hd) each, written in place.
+    """The simplest cache: keys/values of a batch that advances in lockstep, (B, g, max_len, hd)
+    per layer, pre-allocated and written in place. `pos` is the number of positions filled.
 
-    Decoding appends one position per step by writing into a slice, so the cache is never
-    re-allocated or concatenated. `pos` is the number of positions already filled (shared by the
-    batch: prompts of different lengths are left-padded and masked).
+    Any object with `update(layer, k, v) -> (keys, values to attend over)` can be passed as a
+    model's `cache`. This one tracks positions itself (the model reads and advances `pos`); the
+    generation engine's paged cache (minimind/infer/kvcache.py) instead takes explicit per-row
+    `position_ids` and a mask with every call, and stores nothing between calls but the keys and
+    values themselves.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
@@ -116,7 +119,7 @@ class KVCache:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        return self.k[layer][:, :, :end].to(k.dtype), self.v[layer][:, :, :end].to(v.dtype)
 
     def select(self, rows):
         """Keep only the given batch rows (used when some sequences of a batch finish)."""
@@ -142,7 +145,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+    def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, h, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, g, hd)
@@ -151,9 +154,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
-            k, v = k.to(q.dtype), v.to(q.dtype)
+        if cache is not None:  # store this step's keys/values; get back all the keys/values to attend over
+            k, v = cache.update(self.layer_idx, k, v)
         # GQA: query head j reads kv head j // (h/g); SDPA does that without copying k and v
         gqa = self.n_kv != self.n_heads
         if isinstance(mask, str):  # "causal" or "none"
@@ -271,9 +273,9 @@ class MiniMindModel(nn.Module):
         self.register_buffer("rope_cos", (emb.cos() * mscale).to(device), persistent=False)
         self.register_buffer("rope_sin", (emb.sin() * mscale).to(device), persistent=False)
 
-    def forward(self, input_ids, position_ids=None, mask=None, cache: KVCache | None = None):
+    def forward(self, input_ids, position_ids=None, mask=None, cache=None):
         B, T = input_ids.shape
-        start = cache.pos if cache is not None else 0
+        start = cache.pos if isinstance(cache, KVCache) else 0
         if position_ids is None:
             if start + T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {start + T} positions exceeds the RoPE table "
@@ -293,7 +295,7 @@ class MiniMindModel(nn.Module):
             x, aux = layer(x, cos, sin, mask, cache)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
-        if cache is not None:
+        if isinstance(cache, KVCache):
             cache.pos = start + T
         return self.norm(x), aux_total
 
