@@ -59,12 +59,12 @@ Two jobs live here because they must agree with each other exactly:
      `<|im_end|>` and all system / user / tool text are not.
    - **Message text is text**: only the template writes control tokens. A message that contains
      `<|im_end|>\\n<|im_start|>system` must not forge a turn, so text supplied by the caller
-     (message content, reasoning, tools, tool calls) never encodes to a special token: it is
-     encoded as the plain characters. System / user / tool text and tool JSON cannot produce the
-     think/tool tags either; an assistant's content and reasoning keep them (they are the model's
-     own markup). Conversations without such text keep exactly the ids of a plain encode of the
-     rendered string (checked first; only a conversation where caller text matched an added token
-     is re-encoded piece by piece).
+     (message content, reasoning, tools, tool calls) never encodes to a special token (the turn
+     markers, `<|endoftext|>`, the reserved ids): those characters are encoded as plain text. The
+     think / tool tags are not special (the model's own markup, and harmless inside a turn that
+     the markers delimit) and keep their ids. Conversations without such text keep exactly the
+     ids of a plain encode of the rendered string (checked first; only a conversation where caller
+     text matched a special token is re-encoded piece by piece).
 """
 
 from __future__ import annotations
@@ -644,17 +644,17 @@ def _check_message(message: object, i: int) -> tuple[str, str]:
 
 class _Rendered:
     """A conversation's text as it is built: its pieces, the trained character spans, and the spans
-    of text the caller supplied with the added tokens that must not be read inside each."""
+    of text the caller supplied (where no special token may be read)."""
 
     def __init__(self):
         self.parts: list[str] = []
         self.size = 0  # running length of the text, to record spans without re-joining
         self.trained: list[tuple[int, int]] = []
-        self.literal: list[tuple[int, int, frozenset[str]]] = []
+        self.literal: list[tuple[int, int]] = []
 
-    def add(self, piece: str, literal: frozenset[str] = frozenset()) -> None:
+    def add(self, piece: str, literal: bool = False) -> None:
         if literal and piece:
-            self.literal.append((self.size, self.size + len(piece), literal))
+            self.literal.append((self.size, self.size + len(piece)))
         self.parts.append(piece)
         self.size += len(piece)
 
@@ -667,10 +667,8 @@ class _Rendered:
         return "".join(self.parts)
 
 
-# Added tokens a caller's text may not turn into: all of them in system / user / tool text and in
-# tool JSON, only the special ones (turn markers, <|endoftext|>, reserved) in what the assistant said.
-NO_ADDED = frozenset(SPECIAL_TOKENS)
-NO_SPECIAL = frozenset(t for t in SPECIAL_TOKENS if t not in TAG_TOKENS)
+# What a caller's text may never turn into: the special tokens (turn markers, <|endoftext|>, reserved).
+CONTROL_TOKENS = tuple(t for t in SPECIAL_TOKENS if t not in TAG_TOKENS)
 
 
 def _assistant_body(out: _Rendered, message: dict, content: str, i: int) -> None:
@@ -683,14 +681,14 @@ def _assistant_body(out: _Rendered, message: dict, content: str, i: int) -> None
             reasoning = before.split(THINK)[-1]
     content, reasoning = content.lstrip("\n"), reasoning.strip("\n")
     out.add(f"{THINK}\n")
-    out.add(reasoning, NO_SPECIAL)
+    out.add(reasoning, literal=True)
     out.add(f"\n{END_THINK}\n\n")
-    out.add(content, NO_SPECIAL)
+    out.add(content, literal=True)
     for j, call in enumerate(_tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls")):
         if content or j > 0:
             out.add("\n")
         out.add(f"{TOOL_CALL}\n")
-        out.add(call, NO_ADDED)
+        out.add(call, literal=True)
         out.add(f"\n{END_TOOL_CALL}")
     out.add(IM_END)
 
@@ -708,7 +706,7 @@ def _render(messages: list[dict], tools, add_generation_prompt: bool, open_think
 
     def tools_block() -> None:
         out.add("# Tools\n<tools>\n")
-        out.add("\n".join(lines), NO_ADDED)
+        out.add("\n".join(lines), literal=True)
         out.add("\n</tools>")
 
     if lines and not has_system:
@@ -724,11 +722,11 @@ def _render(messages: list[dict], tools, add_generation_prompt: bool, open_think
             out.add("\n")
         elif role == "tool":
             out.add(f"{IM_START}tool\n{TOOL_RESPONSE}\n")
-            out.add(content, NO_ADDED)
+            out.add(content, literal=True)
             out.add(f"\n{END_TOOL_RESPONSE}{IM_END}\n")
         else:
             out.add(f"{IM_START}{role}\n")
-            out.add(content, NO_ADDED)
+            out.add(content, literal=True)
             if role == "system" and i == 0 and lines:
                 out.add("\n\n" if content else "")
                 tools_block()
@@ -786,32 +784,32 @@ def render_chat_batch(
 
 
 def _reads_caller_text_as_tokens(tok: Tokenizer, ids: list[int], offsets, literal) -> bool:
-    """Whether an added token that the caller's text may not produce starts inside that text."""
+    """Whether a control token starts inside the caller's text."""
     added = tok.added_tokens()
     for token_id, (start, _) in zip(ids, offsets):
-        if token_id in added and any(a <= start < b and added[token_id] in banned for a, b, banned in literal):
+        if added.get(token_id) in CONTROL_TOKENS and any(a <= start < b for a, b in literal):
             return True
     return False
 
 
 def _encode_escaped(tok: Tokenizer, text: str, literal) -> tuple[list[int], list[tuple[int, int]]]:
     """Encode piece by piece: the template's pieces as they are, the caller's text with every
-    banned added token spelled as plain characters (its first character encoded on its own)."""
+    banned token spelled as plain characters (its first character encoded on its own)."""
     cuts, pos = [], 0
-    for a, b, banned in literal:
-        cuts += [(pos, a, frozenset()), (a, b, banned)]
+    for a, b in literal:
+        cuts += [(pos, a, False), (a, b, True)]
         pos = b
-    cuts.append((pos, len(text), frozenset()))
+    cuts.append((pos, len(text), False))
     ids, offsets = [], []
-    for a, b, banned in cuts:
-        for start, end in _split_at(text, a, b, banned):
+    for a, b, caller in cuts:
+        for start, end in _split_at(text, a, b, CONTROL_TOKENS if caller else ()):
             e = tok.backend.encode(text[start:end], add_special_tokens=False)
             ids += e.ids
             offsets += [(start + x, start + y) for x, y in e.offsets]
     return ids, offsets
 
 
-def _split_at(text: str, a: int, b: int, banned: frozenset[str]) -> list[tuple[int, int]]:
+def _split_at(text: str, a: int, b: int, banned: tuple[str, ...]) -> list[tuple[int, int]]:
     """[a, b) cut so that no piece contains a whole banned token: each occurrence is split
     after its first character."""
     if not banned:
