@@ -11,7 +11,7 @@ from minimind.config import ModelConfig
 from minimind.errors import UserError
 from minimind.infer.engine import Engine, EngineBusy, SamplingParams, TextTracker
 from minimind.infer.sampling import sample, sample_next
-from minimind.model import MiniMindForCausalLM
+from minimind.model import KVCache, MiniMindForCausalLM
 
 
 def tiny(tok, family="dense", seed=0, **kw):
@@ -36,12 +36,15 @@ def prompts(tok):
 
 
 def naive_greedy(model, prompt, n):
-    """The definition: argmax of a full forward pass over everything so far, n times."""
-    ids = list(prompt)
+    """The definition, one sequence with the model's plain sequential KV cache (equal to full
+    forward passes: tests/test_model.py): argmax, feed it back, n times."""
+    cache = KVCache(model.config, 1, len(prompt) + n)
+    out, x = [], torch.tensor([prompt])
     with torch.no_grad():
         for _ in range(n):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+            out.append(int(model(x, cache=cache).logits[0, -1].argmax()))
+            x = torch.tensor([[out[-1]]])
+    return out
 
 
 @pytest.mark.parametrize("family", ["dense", "moe"])

@@ -22,7 +22,7 @@ Both phases share one KV cache (stored in the decode model's dtype). The step it
     CUDA graph  GPU: the eager step captured once per (batch bucket, block bucket) and replayed;
                 inputs are copied into static buffers, padding rows write into scratch block 0
 
-A compiled step's greedy output equals the eager step's (tests/test_engine_fast.py).
+A compiled step's greedy output equals the eager step's (tests/test_decode_fast.py).
 
 Environment overrides (for testing one machine class on another, or pinning a choice):
     MINIMIND_BF16_MATMUL=slow|fast   whether bf16 matrix products count as fast (prefill dtype)
