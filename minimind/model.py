@@ -144,12 +144,20 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.qkv_proj = None  # set by fuse_projections() on inference copies: one product, not three
+
+    def project(self, x):
+        """x (B, T, d) -> q (B, T, h*hd), k, v (B, T, g*hd)."""
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.qkv_proj(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
 
     def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, h, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, g, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.n_heads, self.hd)  # (B, T, h, hd)
+        k = k.view(B, T, self.n_kv, self.hd)  # (B, T, g, hd)
+        v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -174,9 +182,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=False)
         self.up_proj = nn.Linear(d, f, bias=False)
         self.down_proj = nn.Linear(f, d, bias=False)
+        self.gate_up_proj = None  # set by fuse_projections() on inference copies
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class MoE(nn.Module):
@@ -298,6 +310,28 @@ class MiniMindModel(nn.Module):
         if isinstance(cache, KVCache):
             cache.pos = start + T
         return self.norm(x), aux_total
+
+
+def fuse_projections(model) -> None:
+    """In place, for a model that is only ever run (an inference copy): q/k/v and gate/up become one
+    linear layer each (their weights stacked), so a decode step makes 4 matrix products per layer
+    instead of 7. Same function: each output row is the same dot product as before."""
+
+    def stacked(*linears):
+        w = torch.cat([m.weight.detach() for m in linears])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=linears[0].bias is not None, device=w.device, dtype=w.dtype)
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        if fused.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in linears]), requires_grad=False)
+        return fused
+
+    for m in model.modules():
+        if isinstance(m, Attention) and m.qkv_proj is None:
+            m.qkv_proj = stacked(m.q_proj, m.k_proj, m.v_proj)
+            del m.q_proj, m.k_proj, m.v_proj
+        elif isinstance(m, MLP) and m.gate_up_proj is None:
+            m.gate_up_proj = stacked(m.gate_proj, m.up_proj)
+            del m.gate_proj, m.up_proj
 
 
 def _causal_mask(T: int, start: int, device):

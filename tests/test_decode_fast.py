@@ -135,3 +135,22 @@ def test_cuda_graph_step_equals_eager(tok):
     params = SamplingParams(temperature=0, max_new_tokens=70)
     ps = prompts(tok)
     assert [r.tokens for r in fast.generate(ps, params)] == [r.tokens for r in eager.generate(ps, params)]
+
+
+@pytest.mark.parametrize("family", ["dense", "moe"])
+def test_fused_projections_compute_the_same_function(tok, family):
+    from minimind.model import fuse_projections
+
+    torch.manual_seed(4)
+    extra = dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1) if family == "moe" else {}
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, attention_bias=True, **extra)
+    model = MiniMindForCausalLM(cfg).eval()
+    fused = MiniMindForCausalLM(cfg).eval()
+    fused.load_state_dict(model.state_dict())
+    fuse_projections(fused)
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in model.parameters())
+    assert not hasattr(fused.model.layers[0].self_attn, "q_proj")
+    ids = torch.randint(0, tok.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)

@@ -41,7 +41,7 @@ def server(tok, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-m", "minimind.cli", "serve", str(ckpt), "--port", "0", "--device",
                              "cpu", "--dtype", "fp32", "--compile", "off", "--api-key", KEY, "--max-body-mb", "1",
-                             "--max-queue", "256"],
+                             "--max-queue", "256", "--default-max-tokens", "16"],  # every reply short
                             env=env, stderr=subprocess.PIPE, text=True)
     port, log = None, []
     deadline = time.time() + 120

@@ -180,12 +180,14 @@ class Engine:
 
     decode_weights: "model" (decode with the model's own weights), "auto" (the fastest lossless
     format on this machine), "fp32", "bf16" or "int8" (decode.py). compile: "off", "on", "auto".
+    frozen_weights: the model's weights will not change while the engine lives, so a compiled
+    step may snapshot them (faster); leave it False when the model is being trained (RL).
     kv_memory_mb bounds the KV cache; max_queue bounds the waiting requests (None: unbounded).
     """
 
     def __init__(self, model, tok=None, *, decode_weights: str = "model", compile: str = "off",
-                 max_batch: int = 16, kv_memory_mb: float | None = None, block_size: int = BLOCK_SIZE,
-                 max_queue: int | None = None, prefill_tokens: int = 4096):
+                 frozen_weights: bool = False, max_batch: int = 16, kv_memory_mb: float | None = None,
+                 block_size: int = BLOCK_SIZE, max_queue: int | None = None, prefill_tokens: int = 4096):
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}", param="max_batch")
         self.model, self.tok = model.eval(), tok
@@ -198,7 +200,8 @@ class Engine:
         self.kv_dtype = activation_dtype(self.decode_model)
         budget = (DEFAULT_KV_MEMORY_MB if kv_memory_mb is None else kv_memory_mb) * 2**20
         self.cache = PagedKVCache.for_budget(self.config, int(budget), block_size, self.device, self.kv_dtype)
-        self.step_fn = make_step(self.decode_model, self.cache, compile)
+        frozen = frozen_weights or self.decode_model is not model  # a private copy never changes
+        self.step_fn = make_step(self.decode_model, self.cache, compile, frozen)
         self.stop_ids = {tok.eos_id, tok.eot_id} if tok is not None else set()
         self.inbox: queue.Queue[Request] = queue.Queue()
         self.waiting: deque[Request] = deque()
@@ -248,6 +251,8 @@ class Engine:
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         """Plain-model log p(x_t | x_<t) for t >= 1 of each sequence (temperature 1, full vocabulary)."""
+        if any(not 2 <= len(seq) <= self.limit for seq in sequences):
+            raise UserError(f"each sequence to score needs 2..{self.limit} tokens (the model's context)", param="sequences")
         out = []
         with self._lock, torch.inference_mode():
             for seq in sequences:

@@ -58,7 +58,7 @@ def load_engine(checkpoint, device: str = "auto", dtype: str = "auto", quantize:
     if lora:
         model = apply_lora(model, lora)
     weights = "int8" if quantize == "int8" else "auto"
-    return Engine(model, tok, decode_weights=weights, compile=compile, **engine_kw)
+    return Engine(model, tok, decode_weights=weights, compile=compile, frozen_weights=True, **engine_kw)
 
 
 def apply_lora(model, adapter: str):
