@@ -65,7 +65,7 @@ def start_server(ckpt, *extra):
     server = build_server(args)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while not server.started:
         assert thread.is_alive() and time.time() < deadline, "server did not start"
         time.sleep(0.02)
@@ -413,7 +413,7 @@ def test_client_disconnect_frees_the_slot(live, client):
             break
     assert engine.stats()["active"] == 1
     stream.close()
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while engine.stats()["active"] and time.time() < deadline:
         time.sleep(0.05)
     after = engine.stats()
@@ -432,11 +432,11 @@ def test_non_streaming_client_disconnect_frees_the_slot(live):
     with socket.create_connection((urlparse(url).hostname, urlparse(url).port)) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        deadline = time.time() + 10
+        deadline = time.time() + 60
         while not engine.stats()["active"] and time.time() < deadline:
             time.sleep(0.02)
         assert engine.stats()["active"] == 1
-    while engine.stats()["active"] and time.time() < deadline + 5:
+    while engine.stats()["active"] and time.time() < deadline + 60:
         time.sleep(0.05)
     assert engine.stats()["active"] == 0 and engine.stats()["cancelled"] == before + 1
 
@@ -502,27 +502,33 @@ def test_body_size_is_checked_before_the_body_is_read(live):
     with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 50000000\r\n\r\n{\"mess")
-        reply = sock.recv(65536).decode()
-    assert reply.startswith("HTTP/1.1 413") and "body_too_large" in reply
-    # no Content-Length (chunked): refused as soon as the stream passes the limit
-    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (5 * 2**20) + b'"}]}'
-
-    def chunks():
-        for i in range(0, len(big), 2**16):
-            yield big[i:i + 2**16]
-
-    req = urllib.request.Request(live[0] + "/v1/chat/completions", data=chunks(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}",
-                                          "Transfer-Encoding": "chunked"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            status = r.status
-    except urllib.error.HTTPError as e:
-        status = e.code
-    except (ConnectionError, urllib.error.URLError):
-        status = 413  # the server answered and closed while we were still sending
-    assert status == 413
+        reply = b""
+        while b"body_too_large" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"body_too_large" in reply
     assert chat_ok(live)
+
+
+def test_a_body_without_length_is_cut_at_the_limit():
+    """No Content-Length (chunked): reading stops at the first chunk past the limit."""
+    from minimind.infer.server import ApiError, _json_body
+
+    read = []
+
+    class Streamed:  # the part of Starlette's Request that _json_body uses
+        headers = {"content-type": "application/json"}
+
+        async def stream(self):
+            for i in range(100):
+                read.append(i)
+                yield b"x" * 1000
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(_json_body(Streamed(), max_bytes=10_500))
+    assert e.value.status == 413 and len(read) == 11  # 11 kB read of the 100 kB sent
 
 
 def test_tokenization_runs_off_the_event_loop(live, monkeypatch):
@@ -610,7 +616,7 @@ def test_queue_and_kv_limits(tiny_ckpt):
         thread.join(timeout=10)
 
 
-def wait_for(condition, timeout=30.0):
+def wait_for(condition, timeout=120.0):
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, "condition not reached"

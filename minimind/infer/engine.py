@@ -56,6 +56,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import UserError
+from ..model import fuse_projections
 from .decode import EagerStep, activation_dtype, choose_decode_weights, decode_model, make_step
 from .kvcache import PagedKVCache
 from .sampling import SamplingParams, make_generator, sample, think_suppression  # noqa: F401 (re-export)
@@ -181,7 +182,10 @@ class Engine:
     decode_weights: "model" (decode with the model's own weights), "auto" (the fastest lossless
     format on this machine), "fp32", "bf16" or "int8" (decode.py). compile: "off", "on", "auto".
     frozen_weights: the model's weights will not change while the engine lives, so a compiled
-    step may snapshot them (faster); leave it False when the model is being trained (RL).
+    step may snapshot them (faster) and the engine may fuse the model's projections in place
+    (model.fuse_projections); leave it False when the model is being trained (RL). A
+    decode copy in another format is a snapshot of the weights when the engine was made. The
+    engine does not switch the model's mode: pass it in eval mode.
     kv_memory_mb bounds the KV cache; max_queue bounds the waiting requests (None: unbounded).
     """
 
@@ -190,13 +194,15 @@ class Engine:
                  block_size: int = BLOCK_SIZE, max_queue: int | None = None, prefill_tokens: int = 4096):
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}", param="max_batch")
-        self.model, self.tok = model.eval(), tok
+        self.model, self.tok = model, tok  # run as it is: the caller's train/eval mode is theirs
         self.config = model.config
         self.device = next(model.parameters()).device
         self.limit = self.config.max_position_embeddings
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
         self.decode_weights = choose_decode_weights(model, decode_weights)
         self.decode_model = decode_model(model, self.decode_weights)
+        if frozen_weights and self.decode_model is model:
+            fuse_projections(model)
         self.kv_dtype = activation_dtype(self.decode_model)
         budget = (DEFAULT_KV_MEMORY_MB if kv_memory_mb is None else kv_memory_mb) * 2**20
         self.cache = PagedKVCache.for_budget(self.config, int(budget), block_size, self.device, self.kv_dtype)

@@ -431,14 +431,14 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
     app.state.engine = engine
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
 
-    def error(e: ApiError, page: bool = False) -> JSONResponse:
+    def error(e: ApiError, ask_browser: bool = False) -> JSONResponse:
         # a browser opening the page is asked for the key; API calls (the page's fetches too) are not
-        headers = {"WWW-Authenticate": 'Basic realm="minimind"'} if e.status == 401 and page else None
+        headers = {"WWW-Authenticate": 'Basic realm="minimind"'} if e.status == 401 and ask_browser else None
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
-        return error(e, page=request.url.path == "/")
+        return error(e, ask_browser=request.url.path == "/")
 
     @app.exception_handler(RequestValidationError)  # FastAPI's 422 -> OpenAI's 400
     async def validation_error(request, e):
