@@ -145,8 +145,8 @@ def add_sampling_args(p) -> None:
     g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp32")
     add_quantize_arg(g)
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="fused decode step: torch.compile on CPU (about a minute to compile, then faster "
-                        "tokens), CUDA graphs on GPU; auto = GPU only")
+                   help="fused decode step: torch.compile on CPU (one to a few minutes to compile, then "
+                        "faster tokens), CUDA graphs on GPU; auto = GPU only (default)")
 
 
 def add_commands(sub) -> None:

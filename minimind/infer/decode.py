@@ -17,8 +17,8 @@ Both phases share one KV cache (stored in the decode model's dtype). The step it
 
     eager       the model's forward; always available, always correct (the reference)
     compiled    CPU: torch.compile (inductor's C++ backend) of the whole step with the batch size
-                and the number of KV blocks as dynamic dimensions: one graph (two with batch 1)
-                whose fused loops replace ~300 small eager ops per token; when the weights are
+                and the number of KV blocks as dynamic dimensions: one graph whose fused loops
+                replace ~300 small eager ops per token; when the weights are
                 known not to change, they are frozen into the graph, prepacked, and its matrix
                 products autotuned (FROZEN below)
     CUDA graph  GPU: the eager step captured once per (batch bucket, block bucket) and replayed;
@@ -41,6 +41,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import fuse_projections
@@ -185,31 +186,38 @@ FROZEN = {**FAST, "freezing": True, "max_autotune": True, "max_autotune_gemm_bac
 
 
 class CompiledStep(EagerStep):
-    """torch.compile of the step, batch size and block count dynamic (one graph for all shapes,
-    plus one for batch 1, which dynamo specializes). frozen=True snapshots the weights (see FROZEN):
-    only for a model nobody will train while this step lives."""
+    """torch.compile of the step with the batch size and block count as dynamic dimensions: one
+    graph for every shape. A single row runs as a batch of two (the second row: token 0 at
+    position 0 of scratch block 0), because dynamo would compile a separate graph for batch 1
+    whose matrix kernels round differently, and a request's greedy output must not depend on
+    whether it runs alone; at batch 1 the second row costs almost nothing (the weights are read
+    once either way). frozen=True snapshots the weights (see FROZEN): only for a model nobody
+    will train while this step lives."""
 
     name = "compiled"
 
     def __init__(self, model, cache, frozen: bool = False):
         super().__init__(model, cache)
-        self.frozen, self.shapes = frozen, set()
+        self.frozen, self.compiled = frozen, False
         self.fn = torch.compile(decode_forward, dynamic=False, options=FROZEN if frozen else FAST)
 
     def __call__(self, ids, positions, table):
+        n = len(ids)
+        if n == 1:
+            ids, positions = F.pad(ids, (0, 1)), F.pad(positions, (0, 1))
+            table = F.pad(table, (0, 0, 0, 1))
         for t in (ids, positions, table):
             torch._dynamo.mark_dynamic(t, 0)
         torch._dynamo.mark_dynamic(table, 1)
-        shape = min(len(ids), 2)  # the two graphs: batch 1 and batch >= 2
-        if self.frozen and shape in self.shapes:  # compiled already: check only what tells graphs apart
+        if self.frozen and self.compiled:  # check only the guards that tell graphs apart
             try:
                 with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return self.fn(self.model, self.cache, ids, positions, table)
+                    return self.fn(self.model, self.cache, ids, positions, table)[:n]
             except RuntimeError as e:  # inputs no graph was compiled for (a new dtype, grad mode ...)
                 if "Recompilation" not in str(e):
                     raise
-        out = self.fn(self.model, self.cache, ids, positions, table)
-        self.shapes.add(shape)
+        out = self.fn(self.model, self.cache, ids, positions, table)[:n]
+        self.compiled = True
         return out
 
 

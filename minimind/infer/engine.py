@@ -412,7 +412,7 @@ class Engine:
     def _decode(self) -> None:
         rows = list(self.running)
         dev = self.device
-        # at least 2 blocks: a compiled step would specialize a separate graph for 1
+        # at least 2 blocks: a compiled step would specialize a separate graph for 1 (decode.py)
         nb = max(2, *(self.cache.blocks_for(r.length + 1) for r in rows))
         table = torch.tensor([r.blocks[:nb] + [0] * (nb - len(r.blocks[:nb])) for r in rows], device=dev)
         ids = torch.tensor([r.next_token for r in rows], device=dev)

@@ -31,8 +31,9 @@ def add_commands(sub) -> None:
 
     add_quantize_arg(s)
     s.add_argument("--compile", choices=["auto", "on", "off"], default="on",
-                   help="fused decode step: torch.compile on CPU (compiled once at start, about a minute; "
-                        "cached by PyTorch for the next start), CUDA graphs on GPU; off = eager (default on)")
+                   help="fused decode step: torch.compile on CPU (compiled and autotuned once at start: one to "
+                        "a few minutes on 2 cores, faster when PyTorch's cache has it), CUDA graphs on GPU; "
+                        "off = eager; auto = GPU only (default on)")
     s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     s.add_argument("--kv-memory-mb", type=float, default=512,
                    help="KV cache budget in MiB (default 512); a request reserves prompt + max_tokens "
