@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Tools some tests drive: headless Chromium (browser test) and llama.cpp (GGUF check). Best effort:
-# without them those tests skip and say why.
+# Tools some tests drive: headless Chromium (browser test), llama.cpp (GGUF check) and espeak-ng (the
+# voice tests synthesise their speech with it). Best effort: without them those tests skip and say why.
 TOOLS_STAMP := $(VENV)/.test-tools
 $(TOOLS_STAMP): | $(STAMP)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
 	  echo "note: chromium/chromedriver not installed; the browser test will skip"
+	@command -v espeak-ng >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) ; } || \
+	  echo "note: espeak-ng not installed; the voice tests that need speech will skip"
 	@$(PY) -c "import llama_cpp" 2>/dev/null || \
 	  $(PY) -m pip install -q llama-cpp-python || \
 	  echo "note: llama-cpp-python did not build; the llama.cpp comparison will skip"

@@ -89,7 +89,9 @@ def exp_lora(run: Path, work: Path, args) -> dict:
     adapted = load_adapter(base, work / "lora" / "adapter")
     after_id = tasks(adapted, tok, data / "eval/heldout_lora_identity.jsonl")
     after = tasks(adapted, tok, data / "eval/heldout.jsonl")
-    size = adapter_size(work / "lora" / "adapter") / (run / "sft" / "checkpoint" / "model.safetensors").stat().st_size
+    from minimind.checkpoint import resolve_checkpoint
+
+    size = adapter_size(work / "lora" / "adapter") / (resolve_checkpoint(run / "sft") / "model.safetensors").stat().st_size
     samples = [s["reply"] for s in after_id["samples"][:4]]
     return {"steps": args.lora_steps, "train_s": round(wall, 1),
             "identity_lumen_before": overall(before_id), "identity_lumen_after": overall(after_id),
@@ -102,12 +104,11 @@ def exp_lora(run: Path, work: Path, args) -> dict:
 def exp_dpo(run: Path, work: Path, args) -> dict:
     from minimind.data.loader import DPOLoader
     from minimind.train.dpo import preference_accuracy
-    from minimind.runtime import Dist
     from minimind.train.run import prepared_data
 
     data = run / "data"
     base, tok = load(run / "sft")
-    held = DPOLoader(prepared_data(str(data / "eval/heldout_dpo.jsonl"), tok, "dpo", 384, "error", Dist(),
+    held = DPOLoader(prepared_data(str(data / "eval/heldout_dpo.jsonl"), tok, "dpo", 384, "error",
                                    progress=False), 16, 384, seed=0)
     pref_before = preference_accuracy(base, held)
     before = tasks(base, tok, data / "eval/heldout.jsonl")

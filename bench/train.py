@@ -48,7 +48,6 @@ def run_one(preset: str, stage: str, dtype: str, seq: int, batch: int, steps: in
     from minimind.config import get_preset
     from minimind.data.loader import make_loader
     from minimind.model import MiniMindForCausalLM
-    from minimind.runtime import Dist
     from minimind.train.engine import TrainConfig, Trainer
     from minimind.train.pretrain import LanguageModeling
     from minimind.train.run import prepared_data
@@ -60,7 +59,7 @@ def run_one(preset: str, stage: str, dtype: str, seq: int, batch: int, steps: in
     model = MiniMindForCausalLM(cfg)
     kind = stage
     src = data / ("pretrain.jsonl" if stage == "pretrain" else "sft.jsonl")
-    prepared = prepared_data(str(src), tok, kind, seq, "error", Dist(), progress=False)
+    prepared = prepared_data(str(src), tok, kind, seq, "error", progress=False)
     loader = make_loader(prepared, batch, seq, seed=0)
     obj = LanguageModeling() if stage == "pretrain" else SupervisedFineTuning()
     tcfg = TrainConfig(out_dir=str(CACHE / "run"), steps=10**6, batch_size=batch, dtype=dtype,

@@ -23,11 +23,13 @@ COMMAND_MODULES = [
     "minimind.info",               # info
     "minimind.data.cli",           # tokenizer train, data synth | prepare
     "minimind.train.commands",     # pretrain, sft, lora, dpo, distill
+    "minimind.train.rl.commands",  # grpo, ppo, spo, cispo, reward train
     "minimind.infer.chat",         # chat, generate
     "minimind.eval.cli",           # eval tasks
     "minimind.infer.server_cli",   # serve
     "minimind.export.cli",         # export hf | gguf | ollama, import hf
     "minimind.train.plot",         # plot
+    "minimind.voice.cli",          # voice
 ]
 
 

@@ -61,6 +61,7 @@ class ModelConfig:
     eos_token_id: int = 2
     pad_token_id: int = 0
     initializer_range: float = 0.02
+    num_labels: int = 0  # 0: a causal LM; 1: a reward model's scalar head (reward/model.py)
     torch_dtype: str = "float32"
     name: str = field(default="custom", compare=False)
 

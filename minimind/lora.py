@@ -18,7 +18,11 @@ which gives a plain model with no extra cost at inference (`merge_lora`).
 Files: an adapter directory holds `adapter_model.safetensors` (only the lora_A / lora_B tensors,
 named like the model's own parameters) and `adapter_config.json` (rank, alpha, dropout, the
 target regex, the adapted module names and a fingerprint of the base model's shapes, so loading
-onto the wrong base fails with a clear message instead of silently producing garbage).
+onto the wrong base fails with a clear message instead of silently producing garbage). The
+checkpoints of a `minimind lora` run are such adapters plus config, tokenizer and resume state;
+their adapter_config.json also names the base checkpoint and the sha256 of its weights, so that
+`load_lora_checkpoint` can rebuild the merged model (chat, serve, eval, export) or say exactly
+what is missing.
 """
 
 from __future__ import annotations
@@ -169,8 +173,9 @@ def merge_lora(model):
         _set_submodule(model, name, plain)
     for p in model.parameters():
         p.requires_grad_(True)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+    for attr in ("lora_config", "lora_base"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model
 
 
@@ -189,29 +194,55 @@ def base_fingerprint(model_config) -> tuple[str, dict]:
     return digest, shapes
 
 
-def save_adapter(out_dir, model, cfg: LoRAConfig | None = None, base: str | None = None) -> Path:
-    """Write adapter_model.safetensors + adapter_config.json into out_dir (atomically)."""
+def write_adapter(folder, model, cfg: LoRAConfig | None = None) -> None:
+    """Write adapter_model.safetensors + adapter_config.json into the existing directory `folder`.
+
+    The base checkpoint is named by `model.lora_base` ({"path", "sha256"}), set by whoever loaded
+    the base (the lora command); without it the adapter still loads onto a base given by hand.
+    """
     cfg = cfg or getattr(model, "lora_config", None)
     modules = lora_modules(model)
     if cfg is None or not modules:
         raise UserError("save_adapter: the model has no LoRA adapters (call inject_lora first)")
     fingerprint, shapes = base_fingerprint(model.config)
+    base = getattr(model, "lora_base", None) or {}
     config = {**asdict(cfg), "modules": sorted(modules), "base_fingerprint": fingerprint,
-              "base_shapes": shapes, "base_model": base, "format": "minimind-lora-1"}
+              "base_shapes": shapes, "base_model": base.get("path"), "base_sha256": base.get("sha256"),
+              "format": "minimind-lora-1"}
+    folder = Path(folder)
+    save_file(lora_state_dict(model), folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_adapter(out_dir, model, cfg: LoRAConfig | None = None) -> Path:
+    """Write adapter_model.safetensors + adapter_config.json into out_dir (atomically)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / ADAPTER_CONFIG).is_file():
         raise UserError(f"{out_dir}: exists and is not an adapter directory; choose another output path")
     with atomic_dir(out_dir) as tmp:
-        save_file(lora_state_dict(model), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write_adapter(tmp, model, cfg)
     return out_dir
 
 
+def set_base(model, base_ckpt) -> None:
+    """Record which checkpoint (path and weights sha256) the adapters of `model` sit on."""
+    from .checkpoint import weights_digest
+
+    base_ckpt = Path(base_ckpt).resolve()
+    model.lora_base = {"path": str(base_ckpt), "sha256": weights_digest(base_ckpt)}
+
+
 def resolve_adapter(path) -> Path:
-    """An adapter directory, or a run directory holding one in `adapter/`."""
+    """An adapter directory, a lora run directory (its final `adapter/`, else its latest
+    checkpoint) or one of the run's checkpoints."""
+    from .checkpoint import resolve_checkpoint
+
     path = Path(path)
-    if not (path / ADAPTER_CONFIG).is_file() and (path / "adapter" / ADAPTER_CONFIG).is_file():
-        path = path / "adapter"
+    if not (path / ADAPTER_CONFIG).is_file():
+        if (path / "adapter" / ADAPTER_CONFIG).is_file():
+            path = path / "adapter"
+        elif (resolve_checkpoint(path) / ADAPTER_CONFIG).is_file():
+            path = resolve_checkpoint(path)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (path / name).is_file():
             raise UserError(f"{path}: missing {name}; is this a LoRA adapter directory (from `minimind lora`)?")
@@ -270,3 +301,42 @@ def load_adapter(model, path):
 def adapter_size(path) -> int:
     """Bytes of the adapter's weight file."""
     return (resolve_adapter(path) / ADAPTER_WEIGHTS).stat().st_size
+
+
+# ----------------------------------------------------------------------------- a lora run as a model
+
+def _base_of(path: Path, cfg: dict) -> Path:
+    """The base checkpoint a LoRA checkpoint names, checked to exist and to be the same weights."""
+    from .checkpoint import is_checkpoint, weights_digest
+
+    base = cfg.get("base_model")
+    merge = f"`minimind lora merge BASE {path} OUT` with the base it was trained on, then use OUT"
+    if not base:
+        raise UserError(f"{path}: this LoRA adapter does not record its base model; merge it: {merge}")
+    if not is_checkpoint(base):
+        raise UserError(f"{path}: its base model {base} is not there any more (moved or deleted); "
+                        f"restore it, or {merge}")
+    if cfg.get("base_sha256") and weights_digest(base) != cfg["base_sha256"]:
+        raise UserError(f"{path}: its base model {base} has changed since the adapter was trained "
+                        f"(weights sha256 differs); restore those weights, or {merge}")
+    return Path(base)
+
+
+def check_lora_checkpoint(path) -> None:
+    """Raise UserError unless the LoRA checkpoint `path` and the base it names can be loaded."""
+    path = Path(path)
+    for name in ("config.json", ADAPTER_WEIGHTS, "tokenizer.json"):
+        if not (path / name).is_file():
+            raise UserError(f"{path}: missing {name}; is this a minimind checkpoint directory?")
+    _base_of(path, read_adapter_config(path))
+
+
+def load_lora_checkpoint(path):
+    """(model, tokenizer) of a LoRA checkpoint: its base (loaded on CPU in fp32, as saved) with
+    the adapter merged in, W' = W + (alpha/r) B A. The result is a plain model."""
+    from .checkpoint import load_checkpoint
+
+    path = Path(path)
+    model, tok = load_checkpoint(_base_of(path, read_adapter_config(path)))
+    merge_lora(load_adapter(model, path))
+    return model, tok

@@ -233,6 +233,7 @@ class MoE(nn.Module):
         order = flat.argsort(stable=True)
         token_of_slot = order // self.top_k  # (N*k,)
         counts = torch.bincount(flat, minlength=self.n_experts).tolist()
+        self.expert_counts = counts  # tokens routed to each expert in this forward (the trainer logs the load)
         xs = x[token_of_slot]  # (N*k, d) tokens grouped by expert
         outs = torch.cat([e(chunk) for e, chunk in zip(self.experts, xs.split(counts))])  # (N*k, d)
         y = torch.zeros_like(x)

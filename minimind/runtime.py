@@ -76,20 +76,29 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def from_env(cls) -> "Dist":
+        """This process's place under torchrun (RANK, LOCAL_RANK, WORLD_SIZE), without joining anything."""
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE set) join the process group; otherwise a single process."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Dist(), pick_device(device_name)
-    d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+def process_device(d: Dist, device_name: str) -> torch.device:
+    """The device of this process: under torchrun on CUDA, GPU number LOCAL_RANK."""
     device = pick_device(device_name)
-    if device.type == "cuda":
+    if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return d, device
+    return device
 
+
+def join_process_group(d: Dist, device: torch.device) -> None:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPU); nothing for one process.
+
+    Call it after slow single-process work (data preparation): collectives time out."""
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
 def inference_dtype(device) -> torch.dtype:
@@ -112,7 +121,12 @@ def cpu_has_fast_bf16() -> bool:
 # ----------------------------------------------------------------------------- RNG state
 
 def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) generator states as tensors and plain values, so that a
+    checkpoint holding them loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    s = {"python": random.getstate(), "torch": torch.get_rng_state(),
+         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -120,7 +134,10 @@ def rng_state() -> dict:
 
 def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    if isinstance(n, dict):
+        n = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)  # (a tuple in checkpoints written before the dict form)
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])

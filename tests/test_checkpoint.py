@@ -99,3 +99,121 @@ def test_info_prints_counts(capsys):
     d = json.loads(capsys.readouterr().out)
     assert abs(d["total"] / 1e6 - 198) < 4 and abs(d["active"] / 1e6 - 64) < 1.3
     assert d["flops_per_token"] > 6 * d["active"] * 0.9
+
+
+# ----------------------------------------------------------------------------- a run's checkpoints
+
+def save_steps(root, tok, steps, keep=3, fresh=True):
+    from minimind.checkpoint import RunCheckpoints
+
+    runs = RunCheckpoints(root, keep=keep)
+    runs.fresh = fresh
+    model = MiniMindForCausalLM(tiny(tok))
+    for s in steps:
+        runs.save(s, model, tok, {"step": s}, {"stage": "test"})
+    return runs
+
+
+def names(root):
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_keeps_the_newest_k_and_points_latest_at_the_newest(tok, tmp_path):
+    from minimind.checkpoint import resolve_checkpoint
+
+    root = tmp_path / "run" / "checkpoint"
+    save_steps(root, tok, [10, 20, 30, 40, 50], keep=3)
+    assert names(root) == ["latest", "step-0000030", "step-0000040", "step-0000050"]
+    assert (root / "latest").read_text() == "step-0000050\n"
+    for where in (tmp_path / "run", root, root / "step-0000050"):
+        assert resolve_checkpoint(where) == root / "step-0000050"
+    assert resolve_checkpoint(root / "step-0000030") == root / "step-0000030"
+    load_checkpoint(tmp_path / "run")  # a run directory loads as its latest checkpoint
+    save_steps(tmp_path / "all", tok, [1, 2, 3, 4], keep=0)
+    assert len(names(tmp_path / "all")) == 5  # keep 0: all of them
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint(tok, tmp_path):
+    from minimind.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoint"
+    save_steps(root, tok, [1, 2])
+    (root / "step-0000002" / "model.safetensors").unlink()  # incomplete (never happens by itself)
+    assert latest_checkpoint(root) == root / "step-0000001"
+    (root / "latest").unlink()
+    assert latest_checkpoint(root) == root / "step-0000001"
+    (root / "latest").write_text("../../etc\n")  # nonsense in the pointer is ignored
+    assert latest_checkpoint(root) == root / "step-0000001"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_old_single_directory_layout_still_loads(ckpt, tok, tmp_path):
+    from minimind.checkpoint import resolve_checkpoint
+
+    path, model = ckpt
+    run = tmp_path / "oldrun"
+    shutil.copytree(path, run / "checkpoint")
+    assert resolve_checkpoint(run) == run / "checkpoint"
+    loaded, _ = load_checkpoint(run)
+    x = torch.randint(0, tok.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model.eval()(x).logits)
+    save_steps(run / "checkpoint", tok, [5], fresh=False)  # continued in the new layout: the new one wins,
+    assert resolve_checkpoint(run) == run / "checkpoint" / "step-0000005"
+    assert (run / "checkpoint" / "model.safetensors").is_file()  # and the old files are never deleted
+
+
+def test_a_fresh_run_replaces_a_resumed_run_drops_its_abandoned_future(tok, tmp_path):
+    root = tmp_path / "checkpoint"
+    save_steps(root, tok, [10, 20, 30])
+    save_steps(root, tok, [5])  # a new run in the same directory: the old steps go at its first save
+    assert names(root) == ["latest", "step-0000005"]
+    save_steps(root, tok, [10, 20, 30])
+    save_steps(root, tok, [25], fresh=False)  # resumed from step 20: step 30 was an abandoned future
+    assert names(root) == ["latest", "step-0000010", "step-0000020", "step-0000025"]
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_and_never_read(tok, tmp_path):
+    from minimind.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoint"
+    save_steps(root, tok, [1])
+    (root / ".step-0000002.tmp-abc").mkdir()  # a save killed half-way
+    (root / ".step-0000002.tmp-abc" / "config.json").write_text("{}")
+    (root / ".latest.tmp-123").write_text("step-0000002\n")
+    assert latest_checkpoint(root) == root / "step-0000001"
+    save_steps(root, tok, [2], fresh=False)
+    assert names(root) == ["latest", "step-0000001", "step-0000002"]
+
+
+def test_train_state_is_loaded_with_weights_only(tok, tmp_path):
+    """RNG states are stored as tensors and plain values: torch.load(weights_only=True) reads them,
+    and an object smuggled into train_state.pt is refused with a clear error."""
+    import random
+
+    import numpy as np
+
+    from minimind.checkpoint import load_train_state
+    from minimind.runtime import rng_state, set_rng_state
+
+    root = tmp_path / "checkpoint"
+    runs = save_steps(root, tok, [1])
+    path = runs.latest()
+    torch.save({"rng": rng_state()}, path / "train_state.pt")
+    st = load_train_state(path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(st["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+    torch.save({"rng": {**rng_state(), "numpy": np.random.get_state()}}, path / "train_state.pt")
+    x = np.random.rand()
+    set_rng_state(load_train_state(path)["rng"])  # written by an older version (a numpy array): still reads
+    assert np.random.rand() == x
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, path / "train_state.pt")
+    with pytest.raises(UserError, match="cannot read the resume state"):
+        load_train_state(path)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from minimind.checkpoint import resolve_checkpoint
 from minimind.cli import main
 
 
@@ -20,7 +21,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     assert summary["total_s"] < 600
     for run in ("pretrain", "sft"):
-        ckpt = out / run / "checkpoint"
+        ckpt = resolve_checkpoint(out / run)  # the run's latest step directory
         assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
         rows = [json.loads(line) for line in open(out / run / "metrics.jsonl")]
         losses = [r["loss"] for r in rows if "loss" in r]

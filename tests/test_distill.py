@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimind.checkpoint import save_checkpoint
+from minimind.checkpoint import resolve_checkpoint, save_checkpoint
 from minimind.cli import main
 from minimind.config import ModelConfig
 from minimind.errors import UserError
@@ -65,9 +65,12 @@ def test_kl_is_zero_for_an_identical_student_and_teacher_is_frozen(tok):
 
 
 def test_held_out_evaluation_reports_plain_cross_entropy(tok):
-    student = tiny(tok).eval()  # the engine evaluates with the model in eval mode
+    student = tiny(tok)
     b = batch(tok.vocab_size)
-    loss, m = Distillation(tiny(tok, seed=1), alpha=0.5).loss(student, b)
+    objective = Distillation(tiny(tok, seed=1), alpha=0.5)
+    loss, m = objective.eval_loss(student, b)  # the engine calls eval_loss for held-out batches
+    train_loss, train_m = objective.loss(student.eval(), b)  # the training loss never depends on model.training
+    assert "kl" in train_m and abs(train_loss.item() - loss.item()) > 1e-4
     with torch.no_grad():
         ce = F.cross_entropy(student(b["input_ids"]).logits.flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
     assert loss.item() == pytest.approx(ce.item(), rel=1e-5) and "kl" not in m
@@ -120,7 +123,7 @@ def test_cli_distill_loss_decreases(corpus, tok, tmp_path):
     first, last = rows[:5], rows[-5:]  # batches differ in content: compare averages
     assert mean("loss", last) < 0.75 * mean("loss", first)
     assert mean("kl", last) < 0.75 * mean("kl", first)
-    run = json.loads((tmp_path / "run" / "checkpoint" / "run.json").read_text())
+    run = json.loads((resolve_checkpoint(tmp_path / "run") / "run.json").read_text())
     assert run["stage"] == "distill" and run["train"]["extra"]["temperature"] == 2.0
 
 
@@ -142,9 +145,8 @@ def test_packed_rows_are_seen_one_conversation_at_a_time(tok):
     with torch.no_grad():
         alone = torch.cat([teacher(a[None]).logits[0, :-1], teacher(b[None]).logits[0, :-1]])  # (14, V)
     torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-5)
-    student.eval()
     with torch.no_grad():
-        ce_distill = d.loss(student, packed)[0]
+        ce_distill = d.eval_loss(student, packed)[0]
         ce_sft = LanguageModeling().loss(student, packed)[0]
         nll = torch.cat([F.cross_entropy(student(x[None]).logits[0, :-1], x[1:], reduction="none") for x in (a, b)])
     assert ce_distill.item() == pytest.approx(ce_sft.item(), rel=1e-5)

@@ -105,7 +105,34 @@ def test_cache_scores_each_pair_once_with_the_same_values(pairs, tok):
             for (a, c) in zip(step.reference(b), cache.reference(b)):
                 assert torch.allclose(a, c, atol=1e-4)
     assert step.ref_forwards == 2 * n_pairs
-    assert cache.ref_forwards == n_pairs and len(cache.cache) == n_pairs
+    assert cache.ref_forwards == n_pairs
+    assert cache.cache.shape == (len(pairs), 2) and cache.cache.dtype == torch.float32  # 8 bytes a pair
+    assert not cache.cache.isnan().any()  # every record index scored
+
+
+def test_cache_is_keyed_by_record_index_and_saved(pairs, tok):
+    """The cache maps record index -> (ref chosen, ref rejected); it goes into checkpoints, and held-out
+    evaluation (other records, other indices) never reads it."""
+    policy = tiny(tok)
+    dpo = DirectPreferenceOptimization(copy.deepcopy(policy))
+    loader = DPOLoader(pairs, batch_size=16, max_seq_len=64, seed=0)
+    b = next(loader)
+    with torch.no_grad():
+        ref_w, ref_l = dpo.reference(b)
+        alone = sequence_logps(dpo.ref(b["chosen_input_ids"][:1]).logits, b["chosen_labels"][:1])[0]
+    i = int(b["index"][0])
+    assert dpo.cache[i, 0].item() == pytest.approx(alone.item(), abs=1e-4) == pytest.approx(ref_w[0].item(), abs=1e-4)
+    restored = DirectPreferenceOptimization(copy.deepcopy(policy))
+    restored.load_state_dict(dpo.state_dict())
+    with torch.no_grad():
+        assert torch.equal(restored.reference(b)[1], ref_l) and restored.ref_forwards == 0  # from the cache
+    poisoned = {**b, "index": b["index"].clone()}
+    dpo.cache[poisoned["index"]] = 0.0  # were eval batches to read the cache, these zeros would show
+    with torch.no_grad():
+        eval_loss, _ = dpo.eval_loss(policy, poisoned)
+        train_loss, _ = dpo.loss(policy, poisoned)
+    assert eval_loss.item() == pytest.approx(math.log(2), abs=1e-5)  # pi = pi_ref: margins 0
+    assert abs(train_loss.item() - math.log(2)) > 1e-3
 
 
 def test_sft_weight_adds_chosen_nll(pairs, tok):
@@ -145,4 +172,6 @@ def test_cli_dpo(pairs, tok, tmp_path, capsys):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert rows[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)  # step 1 starts at pi = pi_ref
     assert any("eval_loss" in r for r in rows)
+    assert main(argv + ["--resume"]) == 0  # a finished run resumes to nothing (once a KeyError)
+    assert "done: loss" in capsys.readouterr().out
     assert main(argv[:-2] + ["--beta", "0"]) == 2

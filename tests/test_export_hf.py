@@ -271,3 +271,24 @@ def test_export_refuses_to_overwrite_its_checkpoint(tok, tmp_path, capsys):
     code, err = run_cli(["export", "hf", str(tmp_path / "ckpt"), str(tmp_path / "ckpt")], capsys)
     assert code == 2 and "is the checkpoint itself" in err
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_type"] == "minimind"
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "/ABS/outside.safetensors", "sub/../../outside.safetensors"])
+def test_import_refuses_shards_outside_the_folder(tmp_path, capsys, exported_llama, escape):
+    """An index.json from the internet must not make the import read files elsewhere."""
+    src = tmp_path / "model"
+    src.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((exported_llama / name).read_bytes())
+    (tmp_path / "outside.safetensors").write_bytes((exported_llama / "model.safetensors").read_bytes())
+    name = escape.replace("/ABS", str(tmp_path))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": name}}))
+    code, err = run_cli(["import", "hf", str(src), str(tmp_path / "out")], capsys)
+    assert code == 2 and "points outside" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    # the same weights as an in-folder shard import fine
+    (src / "outside.safetensors").write_bytes((exported_llama / "model.safetensors").read_bytes())
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight":
+                                                                               "outside.safetensors"}}))
+    code, err = run_cli(["import", "hf", str(src), str(tmp_path / "out")], capsys)
+    assert code == 0, err

@@ -189,7 +189,8 @@ def test_dpo_pairs_stay_aligned_and_share_a_length(prepared):
     assert max(data.chosen.lengths().max(), data.rejected.lengths().max()) <= 513  # nothing cut here
     seen = []
     for batch in take(loader, len(loader)):
-        assert set(batch) == {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "n_tokens"}
+        assert set(batch) == {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "n_tokens",
+                              "index"}
         assert batch["chosen_input_ids"].shape == batch["rejected_input_ids"].shape
         rows = {}
         for side in ("chosen", "rejected"):
@@ -205,6 +206,7 @@ def test_dpo_pairs_stay_aligned_and_share_a_length(prepared):
                 assert y[r, : len(want)].tolist() == want and (y[r, len(want):] == -100).all()
                 rows[side].append(i)
         assert rows["chosen"] == rows["rejected"]  # the two halves of a pair on the same row
+        assert batch["index"].tolist() == rows["chosen"]  # each row's record index (DPO's reference cache key)
         seen += rows["chosen"]
         n = (batch["chosen_labels"] != -100).sum() + (batch["rejected_labels"] != -100).sum()
         assert batch["n_tokens"].item() == n.item()
@@ -243,6 +245,30 @@ def test_resume_yields_exactly_the_next_batches(prepared, name, make):
     other = make(data, seed=1)
     with pytest.raises(UserError, match="seed"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("name,make", LOADER_CASES[:2])
+def test_a_position_converts_to_another_batch_size(prepared, name, make):
+    """Pretraining windows and packed SFT rows come in an order that does not depend on the batch
+    size: resuming with batches of 1 continues with exactly the rows that were next."""
+    data = prepared[name]
+    loader = make(data, seed=0)
+    take(loader, 2)
+    state = loader.state_dict()
+    nxt = take(loader, 1)[0]  # 3 rows
+    resumed = SFTLoader(data, 1, 64, seed=0) if name == "sft" else PretrainLoader(data, 1, 16, seed=0)
+    resumed.load_state_dict(state)
+    singles = take(resumed, 3)
+    for r, single in enumerate(singles):
+        w = single["input_ids"].shape[1]
+        for key in ("input_ids", "labels", *(("segments",) if name == "sft" else ())):
+            assert torch.equal(single[key][0], nxt[key][r, :w])
+    with pytest.raises(UserError, match="batch_size"):  # length buckets depend on the batch size: refused
+        DPOLoader(prepared["dpo"], 4, 64, seed=0).load_state_dict(make_dpo_state(prepared))
+
+
+def make_dpo_state(prepared):
+    return DPOLoader(prepared["dpo"], 2, 64, seed=0).state_dict()
 
 
 @pytest.mark.parametrize("name,make", LOADER_CASES)

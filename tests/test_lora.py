@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from safetensors.torch import load_file
 import torch
 
 from minimind.checkpoint import load_checkpoint, save_checkpoint
@@ -158,3 +159,77 @@ def test_cli_train_and_merge(corpus, tok, tmp_path):
         assert (merged(x).logits - adapted(x).logits).abs().max() <= 1e-5
         assert (merged(x).logits - base(x).logits).abs().max() > 0  # 3 steps moved it off the base
     assert main(["lora", "--init", str(tmp_path / "base")]) == 2  # no --data / --out: one-line error
+
+
+def lora_base(tok, tmp_path):
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.im_start_id,
+                      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "base", MiniMindForCausalLM(cfg), tok)
+
+
+def lora_argv(corpus, base, out, *extra):
+    return ["lora", "--init", str(base), "--data", str(corpus / "lora_identity.jsonl"), "--out", str(out),
+            "--batch-size", "4", "--max-seq-len", "64", "--dtype", "fp32", "--no-progress", "--rank", "4",
+            "--log-every", "1", *extra]
+
+
+def test_lora_run_is_a_model_for_chat_eval_and_export(corpus, tok, tmp_path, capsys):
+    """Checkpoints of a LoRA run hold the adapter only; every loader merges it onto its base."""
+    from minimind.checkpoint import resolve_checkpoint
+    from minimind.infer.generate import load_for_inference
+
+    base = lora_base(tok, tmp_path)
+    run = tmp_path / "run"
+    assert main(lora_argv(corpus, base, run, "--steps", "4", "--save-every", "2")) == 0
+    assert "chat, serve, eval and export load the run directly" in capsys.readouterr().out
+    ckpt = resolve_checkpoint(run)
+    assert ckpt.name == "step-0000004" and not (ckpt / "model.safetensors").exists()
+    assert (ckpt / "adapter_model.safetensors").stat().st_size < 0.2 * (base / "model.safetensors").stat().st_size
+    merged, _ = load_checkpoint(run)  # what chat, serve, eval and export call
+    by_hand = merge_lora(load_adapter(load_checkpoint(base)[0], run / "adapter"))
+    x = torch.tensor([tok.encode("What is your name?")])
+    with torch.no_grad():
+        assert torch.equal(merged(x).logits, by_hand(x).logits)
+        assert (merged(x).logits - load_checkpoint(base)[0](x).logits).abs().max() > 0
+    served, _ = load_for_inference(run, "cpu", "fp32")  # what chat, generate and serve call
+    with torch.no_grad():
+        assert torch.equal(served(x).logits, merged(x).logits)
+    assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 0
+    assert main(["eval", "tasks", str(run), "--data", str(corpus / "eval" / "heldout.jsonl"), "--limit", "1",
+                 "--max-new-tokens", "4"]) == 0
+    assert main(["lora", "merge", str(base), str(run), str(tmp_path / "merged")]) == 0
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path / "merged")[0](x).logits, merged(x).logits)
+
+
+def test_lora_run_says_what_to_do_when_its_base_is_gone_or_changed(corpus, tok, tmp_path, capsys):
+    base = lora_base(tok, tmp_path)
+    run = tmp_path / "run"
+    assert main(lora_argv(corpus, base, run, "--steps", "2")) == 0
+    capsys.readouterr()
+    torch.manual_seed(1)
+    save_checkpoint(base, MiniMindForCausalLM(load_checkpoint(base)[0].config), tok)  # other weights
+    assert main(["info", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "has changed since the adapter was trained" in err and "minimind lora merge BASE" in err
+    base.rename(tmp_path / "moved")
+    assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "is not there any more" in err and str(base) in err and err.count("\n") == 1
+
+
+def test_lora_resume_is_exact_and_a_finished_run_resumes(corpus, tok, tmp_path, capsys):
+    from tests.test_engine import losses
+
+    base = lora_base(tok, tmp_path)
+    assert main(lora_argv(corpus, base, tmp_path / "a", "--steps", "6")) == 0
+    assert main(lora_argv(corpus, base, tmp_path / "b", "--steps", "6", "--stop-after", "3")) == 0
+    assert main(lora_argv(corpus, base, tmp_path / "b", "--steps", "6", "--resume")) == 0
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(lora_argv(corpus, base, tmp_path / "b", "--steps", "6", "--resume")) == 0  # once more: finished
+    assert "done: loss" in capsys.readouterr().out

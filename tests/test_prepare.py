@@ -275,3 +275,34 @@ def test_rl_prompts_are_not_prepared(tmp_path, tok):
     src = _write_jsonl(tmp_path / "rl.jsonl", [{"conversations": [{"role": "user", "content": "1+1"}], "gt": "2"}])
     with pytest.raises(UserError, match="cannot prepare kind 'rl'"):
         prepare(src, tok, tmp_path / "out", progress=False)
+
+
+def test_rows_with_no_target_left_after_the_cut_are_dropped_and_counted(tmp_path, tok, capsys):
+    """A long prompt pushes the whole answer past max_seq_len: nothing to learn, a NaN waiting to
+    happen (a batch of such rows has zero targets). Such rows are dropped, counted and reported."""
+    rng = random.Random(5)
+    long_q = {"role": "user", "content": _text(rng, 80, 80)}
+    short = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": _text(rng, 2, 6)}]
+             for i in range(6)]
+    doomed = [[long_q, {"role": "assistant", "content": f"answer {i}"}] for i in range(3)]
+    convs = short[:3] + doomed + short[3:]
+    src = _write_jsonl(tmp_path / "sft.jsonl", [{"conversations": c} for c in convs])
+    limit = 40
+    assert all(len(ids) > limit + 1 and not any(m[1:limit + 1]) for ids, m in render_chat_batch(tok, doomed))
+    info = prepare(src, tok, tmp_path / "out", kind="sft", max_seq_len=limit, progress=False)
+    err = capsys.readouterr().err
+    assert info.n_records == 6 and info.meta["dropped_no_target"] == 3 and info.meta["truncated"] == 3
+    assert "3 cut to max_seq_len=40" in err and "3 dropped: no assistant token left" in err
+    data = load_prepared(tmp_path / "out")
+    for i, (ids, mask) in enumerate(render_chat_batch(tok, short)):  # the kept rows, in order, unchanged
+        assert data.docs.ids(i).tolist() == list(ids)[:limit + 1]
+    assert all(data.docs.loss_mask(i)[1:].any() for i in range(len(data)))
+    # a DPO pair goes when either side has nothing left; the two sides stay aligned
+    pairs = [{"chosen": c, "rejected": c[:1] + [{"role": "assistant", "content": "no"}]} for c in convs]
+    info = prepare(_write_jsonl(tmp_path / "dpo.jsonl", pairs), tok, tmp_path / "dpo", kind="dpo",
+                   max_seq_len=limit, progress=False)
+    dpo = load_prepared(tmp_path / "dpo")
+    assert info.n_records == len(dpo.chosen) == len(dpo.rejected) == 6 and info.meta["dropped_no_target"] == 3
+    with pytest.raises(UserError, match="no record has an assistant token within max_seq_len=40"):
+        prepare(_write_jsonl(tmp_path / "bad.jsonl", [{"conversations": c} for c in doomed]), tok,
+                tmp_path / "bad", kind="sft", max_seq_len=limit, progress=False)

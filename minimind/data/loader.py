@@ -26,7 +26,12 @@ SFTLoader / DPOLoader cannot pack without masking attention across conversations
 they bucket by length instead: shuffle, then within chunks of ~100 batches' worth of
 tokens sort conversations by length and cut batches under a token budget (batch_size *
 max_seq_len padded tokens), so similar lengths share a batch (little padding) and short
-conversations make batches with more rows. The batch order is shuffled again.
+conversations make batches with more rows. The batch order is shuffled again. DPO
+batches also carry `index` (B,): each pair's record index (the reference-log-prob cache key).
+
+Resuming with another batch size: pretraining windows and packed SFT rows come in an order
+that does not depend on the batch size (batches are consecutive groups of it), so a saved
+position converts to the new size; length buckets depend on it, so there it is refused.
 """
 
 from __future__ import annotations
@@ -109,12 +114,21 @@ class _Loader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, **self._settings()}
 
+    def regroupable(self) -> bool:
+        """Is an epoch's order of samples independent of batch_size (batches are consecutive groups)?
+        Then a position saved with another batch size converts: the same samples count as seen."""
+        return False
+
     def load_state_dict(self, state: dict) -> None:
+        cursor = int(state["cursor"])
         for key, now in self._settings().items():
+            if key == "batch_size" and self.regroupable() and isinstance(state.get(key), int):
+                cursor = cursor * state[key] // now  # samples seen, regrouped into batches of the new size
+                continue
             if state.get(key) != now:
                 raise UserError(f"data position was saved with {key}={state.get(key)!r}, now {key}={now!r}; "
                                 f"resume with the same data and batch settings (or start a fresh run)")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.epoch, self.cursor = int(state["epoch"]), cursor
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -139,6 +153,9 @@ class PretrainLoader(_Loader):
     def _settings(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "batch_size": self.batch_size,
                 "seq_len": self.seq_len, "n_tokens": len(self.tokens)}
+
+    def regroupable(self) -> bool:
+        return True  # one permutation of windows per epoch, cut into consecutive batches
 
     def _make_plan(self, rng):
         n_batches = self.n_windows // self.batch_size
@@ -282,6 +299,9 @@ class SFTLoader(_BucketLoader):
     def _settings(self) -> dict:
         return {**super()._settings(), "pack": self.pack}
 
+    def regroupable(self) -> bool:
+        return self.pack  # packed rows do not depend on the batch size; length buckets do
+
     def _make_plan(self, rng):
         if not self.pack:
             return super()._make_plan(rng)
@@ -337,6 +357,7 @@ class DPOLoader(_BucketLoader):
             rows = list(_rows(self.data.parts[name], idx, self.max_seq_len))
             batch[f"{name}_input_ids"], batch[f"{name}_labels"] = _pad(rows, width, self.pad_id)
         batch["n_tokens"] = (batch["chosen_labels"] != IGNORE).sum() + (batch["rejected_labels"] != IGNORE).sum()
+        batch["index"] = torch.from_numpy(idx.astype(np.int64))  # (B,) record indices (DPO's reference cache)
         return batch
 
 

@@ -14,6 +14,11 @@ Pretraining documents are each followed by the end-of-text id, so packing them i
 windows later keeps the boundaries visible to the model. A DPO dataset holds two such
 sets, `chosen/` and `rejected/`, aligned by index.
 
+Chat records (SFT, DPO) are cut to max_seq_len + 1 tokens. A conversation whose assistant
+tokens all fall after the cut has nothing left to learn from: a batch of only such rows would
+average the loss over zero targets (NaN), so it is dropped (a DPO pair when either side is).
+Both counts are printed and kept in meta.json (`truncated`, `dropped_no_target`).
+
 Memory stays bounded whatever the input size: the file is streamed in chunks of
 CHUNK_LINES records, each chunk is tokenized with one batched (multithreaded) call and
 appended to the output files, and the record boundaries go to a raw int64 file that is
@@ -26,8 +31,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checkpoint import atomic_dir
 from ..errors import UserError
 from ..tokenizer import Tokenizer, render_chat_batch
 from .records import RecordStats, detect_kind, iter_records
@@ -148,26 +152,36 @@ def _render(tok: Tokenizer, convs: list, lines: list[int], path: Path) -> list:
         raise
 
 
-def _add_chunk(kind: str, tok: Tokenizer, chunk: list, writers: dict, limit: int | None, path: Path) -> int:
-    """Tokenize one chunk of (line, record) with one batch call; returns how many were truncated."""
+def _has_target(mask: list) -> bool:
+    """Does a row train on anything? Label t is token t+1, so the first token is never a target."""
+    return any(mask[1:])
+
+
+def _add_chunk(kind: str, tok: Tokenizer, chunk: list, writers: dict, limit: int | None,
+               path: Path) -> tuple[int, int]:
+    """Tokenize one chunk of (line, record) with one batch call.
+
+    Returns (records truncated, records dropped for having no trained token after truncation)."""
     lines, records = [ln for ln, _ in chunk], [rec for _, rec in chunk]
     if kind == "pretrain":
         seqs = tok.encode_batch([r["text"] for r in records])
         eot = tok.eot_id
         writers["docs"].add([list(s) + [eot] for s in seqs])
-        return 0
+        return 0, 0
     if kind == "sft":
         pairs = _render(tok, [r["conversations"] for r in records], lines, path)
         ids, masks, cut = _truncate(pairs, limit)
-        writers["docs"].add(ids, masks)
-        return cut
+        keep = [i for i, m in enumerate(masks) if _has_target(m)]
+        writers["docs"].add([ids[i] for i in keep], [masks[i] for i in keep])
+        return cut, len(ids) - len(keep)
     # dpo: chosen and rejected rendered in the same call, split afterwards
     n = len(records)
     convs = [r["chosen"] for r in records] + [r["rejected"] for r in records]
     ids, masks, cut = _truncate(_render(tok, convs, lines + lines, path), limit)
-    writers["chosen"].add(ids[:n], masks[:n])
-    writers["rejected"].add(ids[n:], masks[n:])
-    return cut
+    keep = [i for i in range(n) if _has_target(masks[i]) and _has_target(masks[n + i])]
+    writers["chosen"].add([ids[i] for i in keep], [masks[i] for i in keep])
+    writers["rejected"].add([ids[n + i] for i in keep], [masks[n + i] for i in keep])
+    return cut, n - len(keep)
 
 
 def _chunks(iterable, size: int):
@@ -194,7 +208,8 @@ def _matches(meta: dict | None, wanted: dict) -> bool:
     """Is an existing prepared directory exactly what this call would produce?"""
     if not meta:
         return False
-    same = all(meta.get(k) == wanted[k] for k in ("format_version", "kind", "source", "tokenizer_fingerprint", "max_seq_len"))
+    same = all(meta.get(k) == wanted[k] for k in ("format_version", "kind", "source", "tokenizer_fingerprint",
+                                                   "max_seq_len", "drop_no_target"))
     # the bad-record policy only matters if the last run actually met bad records
     return same and (meta.get("skipped") == 0 or meta.get("on_bad_record") == wanted["on_bad_record"])
 
@@ -214,15 +229,6 @@ def _check_out_dir(out_dir: Path) -> None:
         raise UserError(f"{out_dir}: exists and is not a directory; choose another output directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "meta.json").exists():
         raise UserError(f"{out_dir}: directory is not empty and holds no prepared dataset; choose a new or empty one")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temp dir into place; an old prepared dir is swapped out, then deleted."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_tokenizer(tokenizer) -> Tokenizer:
@@ -245,15 +251,18 @@ def prepare(
     max_seq_len: int | None = None,
     on_bad_record: str = "error",
     progress: bool = True,
+    verbose: bool = True,
 ) -> PreparedInfo:
     """Validate and tokenize `input_path` (JSONL) into `out_dir`; a no-op if already done.
 
     kind: "pretrain", "sft" (also LoRA / reasoning data) or "dpo"; guessed from the first
     record when None. max_seq_len: chat records longer than max_seq_len + 1 tokens are cut
     there (what a loader with that max_seq_len would use anyway); pretraining documents
-    are never cut, they are packed later. on_bad_record: "error" stops at the first bad
-    line, "skip" leaves bad lines out and reports how many.
+    are never cut, they are packed later; chat records with no trained token left after
+    the cut are dropped and counted. on_bad_record: "error" stops at the first bad line,
+    "skip" leaves bad lines out and reports how many. verbose=False: no summary lines.
     """
+    say = _say if verbose else (lambda _: None)
     input_path, out_dir = Path(input_path), Path(out_dir)
     if not input_path.is_file():
         raise UserError(f"{input_path}: no such file")
@@ -273,26 +282,30 @@ def prepare(
         "tokenizer_fingerprint": tok.fingerprint(),
         "max_seq_len": None if kind == "pretrain" else max_seq_len,
         "on_bad_record": on_bad_record,
+        "drop_no_target": True,  # chat rows with nothing to learn are dropped (older caches kept them)
     }
     old_meta = _read_meta(out_dir)
     if _matches(old_meta, wanted) and _intact(out_dir):
-        _say(f"{out_dir}: up to date ({old_meta['n_records']} records, {old_meta['n_tokens']} tokens)")
+        say(f"{out_dir}: up to date ({old_meta['n_records']} records, {old_meta['n_tokens']} tokens"
+            f"{_cut_note(old_meta)})")
         return _info(out_dir, old_meta, up_to_date=True)
     _check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        meta = _build(input_path, tok, tmp, wanted, progress)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written dataset behind
-        raise
-    _replace_dir(tmp, out_dir)
-    _say(f"{out_dir}: {meta['n_records']} records, {meta['n_tokens']} tokens ({meta['dtype']})")
+    with atomic_dir(out_dir) as tmp:  # never leave a half-written dataset behind
+        meta = _build(input_path, tok, tmp, wanted, progress, say)
+    say(f"{out_dir}: {meta['n_records']} records, {meta['n_tokens']} tokens ({meta['dtype']}){_cut_note(meta)}")
     return _info(out_dir, meta, up_to_date=False)
 
 
-def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: bool) -> dict:
+def _cut_note(meta: dict) -> str:
+    notes = []
+    if meta.get("truncated"):
+        notes.append(f"{meta['truncated']} cut to max_seq_len={meta['max_seq_len']}")
+    if meta.get("dropped_no_target"):
+        notes.append(f"{meta['dropped_no_target']} dropped: no assistant token left after the cut")
+    return "; " + ", ".join(notes) if notes else ""
+
+
+def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: bool, say=_say) -> dict:
     """Stream, tokenize and write everything into `tmp`; returns the meta written there."""
     kind = wanted["kind"]
     dtype = np.dtype(np.uint16 if tok.vocab_size < 65536 else np.uint32)
@@ -303,25 +316,29 @@ def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: 
     }
     stats = RecordStats()
     records = iter_records(input_path, kind, wanted["on_bad_record"], stats)
-    truncated = 0
+    truncated = dropped = 0
     bar = tqdm(total=wanted["source"]["size"], unit="B", unit_scale=True, desc=f"prepare {input_path.name}",
                disable=not progress, file=sys.stderr)
     try:
         with bar:
             for chunk in _chunks(records, CHUNK_LINES):
-                truncated += _add_chunk(kind, tok, chunk, writers, limit, input_path)
+                cut, empty = _add_chunk(kind, tok, chunk, writers, limit, input_path)
+                truncated, dropped = truncated + cut, dropped + empty
                 bar.update(stats.bytes_read - bar.n)
     finally:
         for w in writers.values():
             w.close()
     if stats.skipped:
-        _say(f"{input_path}: {stats.summary()}")
+        say(f"{input_path}: {stats.summary()}")
     if stats.good == 0:
         raise UserError(f"{input_path}: no usable records; nothing to prepare")
+    if dropped == stats.good:
+        raise UserError(f"{input_path}: no record has an assistant token within max_seq_len="
+                        f"{wanted['max_seq_len']} tokens; raise --max-seq-len")
     sizes = {p: w.finish() for p, w in writers.items()}
     meta = dict(
         wanted,
-        n_records=stats.good,
+        n_records=stats.good - dropped,
         n_tokens=sum(s["n_tokens"] for s in sizes.values()),
         dtype=dtype.name,
         vocab_size=tok.vocab_size,
@@ -331,6 +348,7 @@ def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: 
         skipped=stats.skipped,
         skipped_examples=stats.reasons,
         truncated=truncated,
+        dropped_no_target=dropped,
     )
     if kind == "dpo":
         meta["parts"] = sizes

@@ -127,6 +127,9 @@ def hf_config(cfg: ModelConfig, dtype: str = "float32") -> dict:
         "pad_token_id": cfg.pad_token_id, "use_cache": True,
         "torch_dtype": dtype, "dtype": dtype,  # the key name changed in transformers 5
     }
+    if cfg.num_labels:  # a reward model: the scalar head is transformers' `score` (one label)
+        d["architectures"] = [d["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")]
+        d.update(num_labels=cfg.num_labels, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     if mt == "llama":
         d["mlp_bias"] = False
     if mt.startswith("qwen"):
@@ -180,7 +183,12 @@ def export_hf(checkpoint, out_dir, dtype: str = "float32") -> Path:
     ckpt = check_checkpoint_dir(checkpoint)
     out = Path(out_dir)
     _check_output_dir(out, ckpt)
-    model, tok = load_checkpoint(ckpt)
+    if ModelConfig.load(ckpt / "config.json").num_labels:  # a reward model: *ForSequenceClassification
+        from ..reward.model import load_reward_model
+
+        model, tok, _ = load_reward_model(ckpt)
+    else:
+        model, tok = load_checkpoint(ckpt)
     cfg = model.config
     config = hf_config(cfg, dtype)  # validates the mapping before anything is written
     tensors = hf_state_dict(cfg, {k: v.to(DTYPES[dtype]).contiguous()
@@ -265,7 +273,7 @@ def _read_weights(src: Path) -> dict:
         index = src / index_name
         if index.is_file():
             shards = sorted(set(_read_config(index).get("weight_map", {}).values()))
-            files = [src / s for s in shards]
+            files = [_shard_path(src, s, index) for s in shards]
         elif (src / single).is_file():
             files = [src / single]
         else:
@@ -284,6 +292,18 @@ def _read_weights(src: Path) -> dict:
         return weights
     raise UserError(f"{src}: no weights found (model.safetensors, model.safetensors.index.json "
                     "or pytorch_model.bin)")
+
+
+def _shard_path(src: Path, name, index: Path) -> Path:
+    """A shard named by an index file, refused unless it lies inside the import folder (no ../, no
+    absolute path, no link leading out): a downloaded index must not read files elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{index}: weight_map values must be shard file names, got {name!r}")
+    path = (src / name).resolve()
+    if not path.is_relative_to(src.resolve()):
+        raise UserError(f"{index}: shard {name!r} points outside {src}; refusing to read it "
+                        f"(shards must be files inside the model folder)")
+    return path
 
 
 def _get(d: dict, key: str, default=None, where: str = ""):

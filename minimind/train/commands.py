@@ -1,12 +1,12 @@
 """Training commands: `minimind pretrain | sft | lora | lora merge | dpo | distill`.
 
-Each one builds its models and objective and hands them to the one training engine through
-`run_training`; the objectives live in pretrain.py, sft.py, dpo.py, distill.py and lora.py (layers).
+Each one turns its arguments into a RunConfig (run.run_config), builds its models and objective
+and hands them to the one training engine through `run_training`; the objectives live in
+pretrain.py, sft.py, dpo.py, distill.py and lora.py (layers).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -16,31 +16,37 @@ from ..errors import UserError
 
 def cmd_pretrain(args):
     from .pretrain import LanguageModeling
-    from .run import run_training
+    from .run import run_config, run_training
 
-    m = run_training("pretrain", args, LanguageModeling(), data_kind="pretrain")
+    m = run_training(run_config(args, "pretrain"), LanguageModeling(), data_kind="pretrain")
     _print_final(m, args.out)
 
 
 def cmd_sft(args):
     from ..runtime import seed_everything
-    from .run import build_model, run_training
+    from .run import build_model, run_config, run_training
     from .sft import SupervisedFineTuning
 
     if not args.init and not args.tokenizer:
         raise UserError("sft: pass --init CHECKPOINT (a pretrained model) or --tokenizer DIR to start from scratch")
+    cfg = run_config(args, "sft", extra={"reasoning": args.reasoning, "think_weight": args.think_weight})
     seed_everything(args.seed)
-    model, tok = build_model(args)
+    model, tok = build_model(cfg)
     weighted = [tok.think_id, tok.end_think_id] if args.reasoning else []
     obj = SupervisedFineTuning(weighted, args.think_weight if args.reasoning else 1.0)
-    m = run_training("sft", args, obj, data_kind="sft", extra={"reasoning": args.reasoning,
-                     "think_weight": args.think_weight}, model_and_tok=(model, tok))
+    m = run_training(cfg, obj, data_kind="sft", model_and_tok=(model, tok))
     _print_final(m, args.out)
 
 
-def _print_final(m: dict, out: str):
-    keys = [k for k in ("loss", "eval_loss", "tokens_per_s", "elapsed_s") if k in m]
-    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f"; checkpoint: {out}/checkpoint")
+def _print_final(m: dict, out: str, keys=("loss", "eval_loss", "tokens_per_s", "elapsed_s"), tail: str = ""):
+    from ..checkpoint import resolve_checkpoint
+
+    shown = [k for k in keys if isinstance(m.get(k), (int, float))]
+    skipped = f", {m['skipped_steps']} non-finite steps skipped" if m.get("skipped_steps") else ""
+    if m.get("budget_s"):
+        skipped += f", {m['spent_s']:.1f} s of the {m['budget_s']:g} s budget"
+    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in shown) + skipped + tail
+          + f"; checkpoint: {resolve_checkpoint(out)}")
 
 
 def add_stage_commands(sub) -> None:
@@ -62,33 +68,36 @@ def add_stage_commands(sub) -> None:
 
 def cmd_lora(args):
     from ..checkpoint import check_checkpoint_dir
-    from ..lora import LoRAConfig, adapter_size, inject_lora, save_adapter
-    from ..runtime import seed_everything
-    from .run import build_model, run_training
+    from ..lora import LoRAConfig, adapter_size, inject_lora, save_adapter, set_base
+    from ..runtime import Dist, seed_everything
+    from .run import build_model, run_config, run_training
     from .sft import SupervisedFineTuning
 
     if not args.data or not args.out:
         raise UserError("lora: pass --data FILE and --out RUN (or `minimind lora merge BASE ADAPTER OUT`)")
     if not args.init:
         raise UserError("lora: pass --init CHECKPOINT, the base model the adapter is trained on")
-    cfg = LoRAConfig(args.rank, args.alpha, args.lora_dropout, args.lora_targets).validate()
+    lcfg = LoRAConfig(args.rank, args.alpha, args.lora_dropout, args.lora_targets).validate()
+    cfg = run_config(args, "lora", extra={"lora": vars(lcfg)})
+    base = check_checkpoint_dir(args.init)
     seed_everything(args.seed)  # the same A initialisation every run
-    model, tok = build_model(args)
-    inject_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets)
+    model, tok = build_model(cfg)
+    inject_lora(model, lcfg.rank, lcfg.alpha, lcfg.dropout, lcfg.targets)
+    set_base(model, base)  # checkpoints hold the adapter only, naming this base
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if not args.no_progress:
-        print(f"lora: rank {cfg.rank}, alpha {cfg.alpha:g}: {trained:,} trainable of {total:,} parameters "
+        print(f"lora: rank {lcfg.rank}, alpha {lcfg.alpha:g}: {trained:,} trainable of {total:,} parameters "
               f"({trained / total:.2%})")
-    m = run_training("lora", args, SupervisedFineTuning(), data_kind="sft", model_and_tok=(model, tok),
-                     extra={"lora": vars(cfg)})
-    base = check_checkpoint_dir(args.init)
-    adapter = save_adapter(Path(args.out) / "adapter", model, cfg, base=str(base))
-    base_bytes = (base / "model.safetensors").stat().st_size
-    print(f"done: loss {m['loss']:.4g}" + (f", eval_loss {m['eval_loss']:.4g}" if "eval_loss" in m else "")
-          + f"; adapter: {adapter} ({adapter_size(adapter) / 1024:.0f} KB, "
-          f"{adapter_size(adapter) / base_bytes:.1%} of the base weights)\n"
-          f"merge into a plain checkpoint: minimind lora merge {args.init} {adapter} OUT")
+    m = run_training(cfg, SupervisedFineTuning(), data_kind="sft", model_and_tok=(model, tok))
+    if not Dist.from_env().is_main:
+        return  # only rank 0 writes
+    adapter = save_adapter(Path(args.out) / "adapter", model, lcfg)
+    share = adapter_size(adapter) / sum(p.numel() * p.element_size() for p in model.parameters())
+    _print_final(m, args.out, keys=("loss", "eval_loss"),
+                 tail=f"; adapter: {adapter} ({adapter_size(adapter) / 1024:.0f} KB, {share:.1%} of the weights)")
+    print(f"chat, serve, eval and export load the run directly (base + adapter, merged); or merge into a "
+          f"plain checkpoint: minimind lora merge {args.init} {adapter} OUT")
 
 
 def cmd_lora_merge(args):
@@ -140,29 +149,29 @@ def cmd_dpo(args):
     from ..data.loader import DPOLoader
     from .dpo import DirectPreferenceOptimization, preference_accuracy
     from ..runtime import Dist, pick_device, seed_everything
-    from .run import build_model, prepared_data, run_training
+    from .run import build_model, prepared_data, run_config, run_training
 
     if not args.init:
         raise UserError("dpo: pass --init CHECKPOINT (an SFT model: it is both the start and the reference)")
     if args.beta <= 0:
         raise UserError(f"--beta must be positive, got {args.beta}")
+    cfg = run_config(args, "dpo", extra={"beta": args.beta, "sft_weight": args.sft_weight, "ref_mode": args.ref_mode})
     seed_everything(args.seed)
-    model, tok = build_model(args)
+    model, tok = build_model(cfg)
     objective = DirectPreferenceOptimization(copy.deepcopy(model), args.beta, args.sft_weight, args.ref_mode)
     held_out = None
-    if args.eval_data and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one process: measure before/after
-        data = prepared_data(args.eval_data, tok, "dpo", args.max_seq_len, args.on_bad_record, Dist(),
+    if args.eval_data and not Dist.from_env().enabled:  # one process: measure before/after
+        data = prepared_data(args.eval_data, tok, "dpo", args.max_seq_len, args.on_bad_record, args.cache_dir,
                              progress=not args.no_progress)
         held_out = DPOLoader(data, args.batch_size, args.max_seq_len, seed=0)
         before = preference_accuracy(model.to(pick_device(args.device)), held_out)
         print(f"held-out preference accuracy before: {before['accuracy']:.1%} ({before['pairs']} pairs)")
-    m = run_training("dpo", args, objective, data_kind="dpo", model_and_tok=(model, tok),
-                     extra={"beta": args.beta, "sft_weight": args.sft_weight, "ref_mode": args.ref_mode})
-    line = f"done: loss {m['loss']:.4g}, reward_acc {m['reward_acc']:.2f}, margin {m['reward_margin']:.3g}"
+    m = run_training(cfg, objective, data_kind="dpo", model_and_tok=(model, tok))
+    tail = ""
     if held_out is not None:
         after = preference_accuracy(model, held_out)
-        line += f"; held-out preference accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}"
-    print(line + f"; {m['elapsed_s']:.0f} s; checkpoint: {args.out}/checkpoint")
+        tail = f"; held-out preference accuracy {before['accuracy']:.1%} -> {after['accuracy']:.1%}"
+    _print_final(m, args.out, keys=("loss", "reward_acc", "reward_margin", "eval_loss", "elapsed_s"), tail=tail)
 
 
 def add_dpo_command(sub) -> None:
@@ -187,22 +196,22 @@ def cmd_distill(args):
     from ..checkpoint import check_checkpoint_dir, load_checkpoint
     from .distill import Distillation, check_same_vocabulary
     from ..runtime import pick_device, pick_dtype, seed_everything
-    from .run import build_model, run_training
+    from .run import build_model, run_config, run_training
 
     teacher_dir = check_checkpoint_dir(args.teacher)
     device = pick_device(args.device)
     # the teacher only runs forward: bf16 weights where the hardware is fast at it (never fp16 on CPU)
     teacher, teacher_tok = load_checkpoint(teacher_dir, device="cpu", dtype=pick_dtype(args.dtype, device))
-    if not args.init and not args.tokenizer:
-        args.tokenizer = str(teacher_dir)  # a fresh student shares the teacher's tokenizer
+    cfg = run_config(args, "distill", extra={"teacher": str(teacher_dir), "alpha": args.alpha,
+                                             "temperature": args.temperature})
+    if not cfg.init and not cfg.tokenizer:
+        cfg.tokenizer = str(teacher_dir)  # a fresh student shares the teacher's tokenizer
     seed_everything(args.seed)
-    model, tok = build_model(args)
+    model, tok = build_model(cfg)
     check_same_vocabulary(teacher.config, teacher_tok, model.config, tok, where=f"--teacher {args.teacher}")
     objective = Distillation(teacher, args.alpha, args.temperature)
-    m = run_training("distill", args, objective, data_kind="sft", model_and_tok=(model, tok),
-                     extra={"teacher": str(teacher_dir), "alpha": args.alpha, "temperature": args.temperature})
-    keys = [k for k in ("loss", "ce", "kl", "eval_loss") if k in m]
-    print("done: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f"; checkpoint: {args.out}/checkpoint")
+    m = run_training(cfg, objective, data_kind="sft", model_and_tok=(model, tok))
+    _print_final(m, args.out, keys=("loss", "ce", "kl", "eval_loss"))
 
 
 def add_distill_command(sub) -> None:

@@ -18,9 +18,9 @@ The teacher is frozen (requires_grad False, eval mode) and runs in inference mod
 the hardware is fast at it; only the trained positions go through its lm_head, which saves the
 (B, T, V) logits tensor for the prompt and padding positions.
 
-Held-out evaluation (the student in eval mode) reports the plain cross-entropy CE(y, p_student):
-that is the number to compare with a student trained by SFT alone, while the KL to a teacher is a
-training signal, not a measure of quality. It also skips the teacher's forward pass.
+Held-out evaluation (`eval_loss`) reports the plain cross-entropy CE(y, p_student): that is the
+number to compare with a student trained by SFT alone, while the KL to a teacher is a training
+signal, not a measure of quality. It also skips the teacher's forward pass.
 """
 
 from __future__ import annotations
@@ -72,14 +72,19 @@ class Distillation:
         h, _ = self.teacher.model(input_ids, packed.get("position_ids"), packed.get("mask"))  # (B, T, d)
         return self.teacher.lm_head(h[keep])  # (N, V)
 
+    def eval_loss(self, model, batch):
+        """Held-out evaluation: the student's plain CE, comparable with SFT (see above)."""
+        labels = batch["labels"]  # (B, T)
+        keep = labels != IGNORE
+        out = model(batch["input_ids"], **packed_inputs(batch))  # (B, T, V)
+        ce = F.cross_entropy(out.logits[keep].float(), labels[keep])
+        return ce, {"n_tokens": batch["n_tokens"], "ce": ce.detach()}
+
     def loss(self, model, batch):
         labels = batch["labels"]  # (B, T), IGNORE outside the assistant's tokens
         keep = labels != IGNORE  # (B, T)
         packed = packed_inputs(batch)
         out = model(batch["input_ids"], **packed)  # student logits (B, T, V)
-        if not model.training:  # held-out evaluation: the plain CE, comparable with SFT (see above)
-            ce = F.cross_entropy(out.logits[keep].float(), labels[keep])
-            return ce, {"n_tokens": batch["n_tokens"], "ce": ce.detach()}
         # clone: an inference-mode tensor cannot be saved for the backward pass of the KL
         t_logits = self.teacher_logits(batch["input_ids"], keep, packed).clone()  # (N, V)
         loss, ce, kl = distill_loss(out.logits[keep], t_logits, labels[keep], self.alpha, self.temperature)

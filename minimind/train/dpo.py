@@ -19,8 +19,11 @@ rejected sequence log-probs.
 
 The reference model never trains: requires_grad False, eval mode, forward in inference mode. Its
 log-probs depend only on the pair, so by default they are computed once per pair and cached
-(`ref_mode="cache"`): every epoch after the first skips the reference forward (about a quarter
-of a step's compute). `ref_mode="step"` recomputes them every step (no memory for the cache).
+(`ref_mode="cache"`), keyed by the pair's record index in the prepared dataset (the loader puts
+`index` in each batch): every epoch after the first skips the reference forward (about a quarter
+of a step's compute), the cache costs 8 bytes per pair and is saved with checkpoints, so a
+resumed run uses exactly the values it had. `ref_mode="step"` recomputes them every step.
+Held-out evaluation (`eval_loss`) always runs the reference: its indices are another dataset's.
 """
 
 from __future__ import annotations
@@ -50,19 +53,6 @@ def dpo_loss(pi_w, pi_l, ref_w, ref_l, beta: float):
     return loss, r_w, r_l
 
 
-def _pair_key(ids_w, lab_w, ids_l, lab_l) -> bytes:
-    """Cache key of one pair: its tokens and labels up to the last labelled position.
-
-    Positions after it cannot change the summed log-prob (causal attention), so the key does not
-    depend on how much padding the pair got in a batch.
-    """
-    parts = []
-    for ids, lab in ((ids_w, lab_w), (ids_l, lab_l)):
-        n = int((lab != IGNORE).nonzero().max()) + 1 if (lab != IGNORE).any() else 0
-        parts += [ids[:n].numpy().tobytes(), lab[:n].numpy().tobytes(), b"|"]
-    return b"".join(parts)
-
-
 class DirectPreferenceOptimization:
     """loss(model, batch) for DPOLoader batches (chosen_/rejected_ input_ids and labels, (B, T))."""
 
@@ -73,7 +63,7 @@ class DirectPreferenceOptimization:
             raise ValueError(f"ref_mode must be one of {REF_MODES}, got {ref_mode!r}")
         self.ref = freeze(ref_model)
         self.beta, self.sft_weight, self.ref_mode = float(beta), float(sft_weight), ref_mode
-        self.cache: dict[bytes, tuple[float, float]] = {}
+        self.cache = torch.full((0, 2), float("nan"))  # (n_pairs, 2): ref (chosen, rejected) by record index
         self.ref_forwards = 0  # pairs the reference model has scored (cache misses)
 
     def to(self, device):
@@ -86,33 +76,48 @@ class DirectPreferenceOptimization:
         self.ref_forwards += ids.shape[0] // 2
         return sequence_logps(self.ref(ids).logits, labels)[0].float()
 
-    def reference(self, batch):
+    def reference(self, batch, cached: bool = True):
         """(ref_w, ref_l), each (B,): from the cache where possible, else from the reference model."""
         ids_w, lab_w = batch["chosen_input_ids"], batch["chosen_labels"]
         ids_l, lab_l = batch["rejected_input_ids"], batch["rejected_labels"]
         B = ids_w.shape[0]
-        if self.ref_mode == "step":
+        if self.ref_mode == "step" or not cached or "index" not in batch:
             ref = self._ref_logps(torch.cat([ids_w, ids_l]), torch.cat([lab_w, lab_l]))  # (2B,)
             return ref[:B].clone(), ref[B:].clone()  # clone: plain tensors, not inference tensors
-        cpu = [t.cpu() for t in (ids_w, lab_w, ids_l, lab_l)]
-        keys = [_pair_key(*(t[i] for t in cpu)) for i in range(B)]
-        miss = [i for i, k in enumerate(keys) if k not in self.cache]
-        if miss:
-            m = torch.tensor(miss, device=ids_w.device)
-            ref = self._ref_logps(torch.cat([ids_w[m], ids_l[m]]), torch.cat([lab_w[m], lab_l[m]])).tolist()
-            for j, i in enumerate(miss):
-                self.cache[keys[i]] = (ref[j], ref[len(miss) + j])
-        ref_w, ref_l = zip(*(self.cache[k] for k in keys))
-        return (torch.tensor(ref_w, device=ids_w.device), torch.tensor(ref_l, device=ids_w.device))
+        index = batch["index"].cpu()  # (B,) record indices of the pairs
+        if int(index.max()) >= len(self.cache):  # grow to the largest index seen
+            grown = torch.full((int(index.max()) + 1, 2), float("nan"))
+            grown[: len(self.cache)] = self.cache
+            self.cache = grown
+        miss = self.cache[index, 0].isnan().nonzero().flatten()  # (M,) rows of the batch never scored
+        if len(miss):
+            m = miss.to(ids_w.device)
+            ref = self._ref_logps(torch.cat([ids_w[m], ids_l[m]]), torch.cat([lab_w[m], lab_l[m]])).cpu()  # (2M,)
+            self.cache[index[miss]] = torch.stack([ref[: len(miss)], ref[len(miss):]], dim=1)
+        ref = self.cache[index].to(ids_w.device)  # (B, 2)
+        return ref[:, 0], ref[:, 1]
+
+    def state_dict(self) -> dict:
+        return {"cache": self.cache}
+
+    def load_state_dict(self, d: dict) -> None:
+        if "cache" in d:
+            self.cache = d["cache"]
 
     def loss(self, model, batch):
+        return self._loss(model, batch, cached=True)
+
+    def eval_loss(self, model, batch):
+        return self._loss(model, batch, cached=False)
+
+    def _loss(self, model, batch, cached: bool):
         lab_w, lab_l = batch["chosen_labels"], batch["rejected_labels"]
         B = lab_w.shape[0]
         # one forward for both answers: rows 0..B-1 chosen, B..2B-1 rejected
         out = model(torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]))  # logits (2B, T, V)
         logps, counts = sequence_logps(out.logits, torch.cat([lab_w, lab_l]))  # (2B,)
         pi_w, pi_l = logps[:B], logps[B:]
-        ref_w, ref_l = self.reference(batch)
+        ref_w, ref_l = self.reference(batch, cached)
         loss, r_w, r_l = dpo_loss(pi_w, pi_l, ref_w, ref_l, self.beta)
         metrics = {"n_tokens": batch["n_tokens"], "dpo_loss": loss.detach(),
                    "reward_acc": (r_w > r_l).float().mean().detach(),

@@ -85,8 +85,9 @@ def is_hidden_matrix(name: str, p) -> bool:
         and "shared_expert_gate" not in name
 
 
-def build_muon(model, cfg):
-    """Muon for hidden matrices (lr = cfg.muon_lr), AdamW (lr = cfg.lr) for everything else."""
+def build_muon(model, cfg, extra=()):
+    """Muon for hidden matrices (lr = cfg.muon_lr), AdamW (lr = cfg.lr) for everything else
+    (and for `extra`, an objective's own parameters, without weight decay)."""
     hidden, seen = [], set()
     for name, p in model.named_parameters():
         if p.requires_grad and is_hidden_matrix(name, p) and id(p) not in seen:
@@ -94,6 +95,8 @@ def build_muon(model, cfg):
             seen.add(id(p))
     rest = [{"params": [p for p in g["params"] if id(p) not in seen], "weight_decay": g["weight_decay"]}
             for g in param_groups(model, cfg.weight_decay)]
+    if extra:
+        rest.append({"params": list(extra), "weight_decay": 0.0})
     kw = {"fused": True} if next(model.parameters()).is_cuda else {"foreach": True}
     adam = torch.optim.AdamW(rest, lr=cfg.lr, betas=tuple(cfg.betas), **kw)
     muon = Muon(hidden, lr=cfg.muon_lr, weight_decay=0.0)

@@ -1,24 +1,35 @@
 """Glue between the command line and the engine: build model, tokenizer, data and objective.
 
-Every training command (`pretrain`, `sft`, and the post-training ones) calls `run_training`
-with its objective; nothing here loops over data — the engine does.
+Every training command (`pretrain`, `sft`, and the post-training ones) turns its arguments into a
+`RunConfig` (`run_config(args, stage)`, the only place that reads the argparse namespace) and calls
+`run_training` with it and its objective; nothing here loops over data, the engine does. From
+Python or a benchmark, build a RunConfig directly:
+
+    cfg = RunConfig(stage="pretrain", data="data/pretrain.jsonl", tokenizer="runs/tok",
+                    train=TrainConfig(out_dir="runs/pt", steps=100, batch_size=16))
+    run_training(cfg, LanguageModeling(), data_kind="pretrain")
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import math
+import os
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from ..checkpoint import check_checkpoint_dir, check_tokenizer_matches, load_weights
-from ..config import PRESETS, ModelConfig, get_preset
+from ..config import PRESETS, get_preset
 from ..errors import UserError
 from ..model import MiniMindForCausalLM
-from ..runtime import Dist, init_distributed, seed_everything
+from ..runtime import Dist, join_process_group, pick_dtype, process_device, seed_everything
+from .budget import parse_duration
 from .engine import TrainConfig, Trainer
 
 # defaults per stage: (lr, batch_size, max_seq_len, warmup, schedule)
@@ -26,7 +37,31 @@ STAGE_DEFAULTS = {
     "pretrain": dict(lr=2e-3, batch_size=32, max_seq_len=256, warmup=50, schedule="wsd"),
     "sft": dict(lr=1e-3, batch_size=32, max_seq_len=384, warmup=20, schedule="cosine"),
 }
+MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+              "intermediate_size", "num_experts", "num_experts_per_tok", "num_shared_experts")
 
+
+@dataclass
+class RunConfig:
+    """Everything a training command needs besides its objective (typed, callable from Python)."""
+
+    stage: str
+    data: str
+    train: TrainConfig
+    eval_data: str | None = None
+    init: str | None = None  # checkpoint or run directory to start from (weights, config, tokenizer)
+    tokenizer: str | None = None  # needed without init
+    preset: str = "nano"
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields over the preset
+    max_seq_len: int = 256
+    epochs: float | None = None  # passes over the data (steps from it when train.steps is 0)
+    on_bad_record: str = "error"
+    cache_dir: str | None = None  # where prepared data goes (default: beside the input, else a user cache)
+    auto_batch: bool = False  # train.batch_size * train.grad_accum rows per step, micro-batch fitted to memory
+    argv: list = field(default_factory=list)  # the command line, saved with the run
+
+
+# ----------------------------------------------------------------------------- arguments
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (ignored with --init: the checkpoint decides)")
@@ -42,99 +77,198 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-experts", type=int, dest="num_shared_experts", help="shared experts")
 
 
+class BatchSizeAction(argparse.Action):
+    """--batch-size N, or --batch-size auto: keep (default batch size x --grad-accum) rows per step
+    and fit the micro-batch to the device's memory (the command's default is read at parse time,
+    after any set_defaults)."""
+
+    def __call__(self, parser, ns, value, option_string=None):
+        if value == "auto":
+            ns.batch_size, ns.auto_batch = self.default, True
+            return
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            parser.error(f"argument --batch-size: a positive integer or 'auto', got {value!r}")
+        ns.batch_size, ns.auto_batch = n, False
+
+
 def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     d = STAGE_DEFAULTS[stage]
     p.add_argument("--data", required=True, help="training JSONL file, or a directory made by `data prepare`")
     p.add_argument("--eval-data", help="held-out JSONL (or prepared dir) for periodic eval loss")
-    p.add_argument("--out", required=True, help="run directory: checkpoint/, metrics.jsonl, run.json")
+    p.add_argument("--out", required=True, help="run directory: checkpoint/, metrics.jsonl")
     p.add_argument("--init", help="start from this checkpoint (or run) directory: weights, config, tokenizer")
     p.add_argument("--tokenizer", help="tokenizer directory (needed without --init)")
+    p.add_argument("--cache-dir", help="where prepared (tokenized) data goes; default: a prepared/ folder beside "
+                                       "the input, or ~/.cache/minimind/prepared when that folder is not writable")
     add_model_args(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-seq-len", type=int, default=d["max_seq_len"],
-                   help=f"tokens per row (pretrain) / longest conversation (default {d['max_seq_len']})")
-    g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs worth)")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"], help="rows per micro-batch (per process)")
+                   help="tokens per row (pretrain) / longest conversation (default %(default)s)")
+    g.add_argument("--steps", type=int, help="optimizer steps (default: --epochs worth; with --time-budget: a cap)")
+    g.add_argument("--epochs", type=float, help="passes over the data when --steps is not given (default 1; "
+                                                "with --time-budget: a cap only when given)")
+    g.add_argument("--time-budget", help="train for this long, e.g. 90s, 6m, 1h or plain seconds: the steps "
+                                         "(and the lr schedule over them) are planned from measured speed so the "
+                                         "command ends on time (docs/training.md)")
+    g.add_argument("--batch-size", action=BatchSizeAction, default=d["batch_size"],
+                   help="rows per micro-batch per process (default %(default)s); 'auto': keep the default x "
+                        "--grad-accum rows per step and use the largest micro-batch that fits memory")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']})")
+    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of --lr")
-    g.add_argument("--warmup", type=int, default=d["warmup"], help="linear warmup steps")
+    g.add_argument("--warmup", type=int, default=d["warmup"],
+                   help="linear warmup steps (default %(default)s; under --time-budget at most a quarter of "
+                        "the planned steps)")
     g.add_argument("--schedule", default=d["schedule"], choices=["cosine", "wsd", "constant"],
                    help="lr schedule after warmup (wsd = warmup-stable-decay)")
     g.add_argument("--decay-frac", type=float, default=0.2, help="wsd: share of steps spent decaying")
-    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay on matrices")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw, or muon for hidden matrices (+adamw for the rest)")
     g.add_argument("--muon-lr", type=float, default=0.02, help="with --optimizer muon: lr of the hidden matrices")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp16 (GPU), fp32")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (bf16 where fast), bf16, fp16 (GPU, with a gradient scaler), fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42, help="initial weights, data order and dropout")
     r = p.add_argument_group("run")
     r.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
-    r.add_argument("--eval-batches", type=int, default=20)
+    r.add_argument("--eval-batches", type=int, default=20, help="held-out batches per evaluation (per process)")
     r.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
-    r.add_argument("--log-every", type=int, default=10)
-    r.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly where it stopped")
+    r.add_argument("--keep-checkpoints", type=int, default=3,
+                   help="step directories kept in OUT/checkpoint (default 3; 0 keeps all)")
+    r.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl rows")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint/latest if there is one, else start fresh (says which)")
+    r.add_argument("--resume-from", help="continue from this checkpoint (a step directory or a run directory)")
     r.add_argument("--target-loss", type=float, default=0.0,
                    help="stop as soon as an evaluation reaches this held-out loss (needs --eval-data)")
     r.add_argument("--stop-after", type=int, default=0,
                    help="stop with a checkpoint after this step (continue later with --resume)")
+    r.add_argument("--max-bad-steps", type=int, default=20,
+                   help="non-finite steps are skipped; stop after this many in a row (default 20, 0: never)")
     r.add_argument("--on-bad-record", default="error", choices=["error", "skip"],
                    help="a malformed JSONL line stops (error) or is skipped and counted (skip)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     r.add_argument("--swanlab", action="store_true", help="log to SwanLab")
     r.add_argument("--tensorboard", action="store_true", help="log to TensorBoard (OUT/tensorboard)")
+    p.set_defaults(auto_batch=False)
 
 
-def train_config(args, extra: dict | None = None) -> TrainConfig:
-    return TrainConfig(
+def run_config(args, stage: str, extra: dict | None = None) -> RunConfig:
+    """The argparse namespace of a training command -> RunConfig (the boundary)."""
+    if args.grad_accum < 1:
+        raise UserError(f"--grad-accum must be a positive integer, got {args.grad_accum}")
+    budget = parse_duration(args.time_budget) if args.time_budget else 0.0
+    train = TrainConfig(
         out_dir=args.out, steps=args.steps or 0, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
         decay_frac=args.decay_frac, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         optimizer=args.optimizer, muon_lr=args.muon_lr, dtype=args.dtype, compile=args.compile, device=args.device,
         seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        save_every=args.save_every, log_every=args.log_every, resume=args.resume, stop_after=args.stop_after,
-        target_loss=args.target_loss,
+        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
+        resume=args.resume, resume_from=args.resume_from or "", stop_after=args.stop_after,
+        target_loss=args.target_loss, time_budget=budget, max_bad_steps=args.max_bad_steps,
         progress=not args.no_progress, wandb=args.wandb, swanlab=args.swanlab,
         tensorboard=args.tensorboard, extra=extra or {})
+    return RunConfig(
+        stage=stage, data=args.data, train=train, eval_data=args.eval_data, init=args.init,
+        tokenizer=args.tokenizer, preset=args.preset,
+        model_overrides={k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k, None) is not None},
+        max_seq_len=args.max_seq_len, epochs=args.epochs, on_bad_record=args.on_bad_record,
+        cache_dir=args.cache_dir, auto_batch=args.auto_batch, argv=sys.argv[1:])
 
 
-def build_model(args, tokenizer=None):
-    """(model, tokenizer) from --init, or a fresh model from --preset/shape flags + --tokenizer."""
+# ----------------------------------------------------------------------------- model
+
+def build_model(cfg: RunConfig, tokenizer=None):
+    """(model, tokenizer) from cfg.init (any checkpoint, run or LoRA run), or a fresh model from the
+    preset and shape overrides with cfg.tokenizer."""
+    from ..checkpoint import load_checkpoint
     from ..tokenizer import Tokenizer
 
-    if args.init:
-        ckpt = check_checkpoint_dir(args.init)
-        cfg = ModelConfig.load(ckpt / "config.json")
-        tok = Tokenizer.load(ckpt)
-        check_tokenizer_matches(cfg, tok, where=str(ckpt))
-        model = MiniMindForCausalLM(cfg)
-        load_weights(model, ckpt / "model.safetensors")
-        return model, tok
-    if not args.tokenizer:
+    if cfg.init:
+        return load_checkpoint(cfg.init)
+    if not cfg.tokenizer:
         raise UserError("pass --tokenizer DIR (from `minimind tokenizer train`) or --init CHECKPOINT")
-    tok = tokenizer or Tokenizer.load(args.tokenizer)
-    overrides = {k: getattr(args, k, None) for k in (
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-        "intermediate_size", "num_experts", "num_experts_per_tok", "num_shared_experts")}
-    cfg = get_preset(args.preset, vocab_size=tok.vocab_size, bos_token_id=tok.im_start_id,
-                     eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, **overrides)
-    if args.hidden_size and not args.head_dim:  # keep head_dim consistent with an overridden width
-        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
-    if args.hidden_size and not args.intermediate_size:
-        cfg.intermediate_size = None
-        cfg.moe_intermediate_size = None
-        cfg.__post_init__()
-    cfg.max_position_embeddings = max(cfg.max_position_embeddings, args.max_seq_len)
-    return MiniMindForCausalLM(cfg), tok
+    tok = tokenizer or Tokenizer.load(cfg.tokenizer)
+    over = cfg.model_overrides
+    mcfg = get_preset(cfg.preset, vocab_size=tok.vocab_size, bos_token_id=tok.im_start_id,
+                      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, **over)
+    if over.get("hidden_size") and not over.get("head_dim"):  # keep head_dim consistent with a new width
+        mcfg.head_dim = mcfg.hidden_size // mcfg.num_attention_heads
+    if over.get("hidden_size") and not over.get("intermediate_size"):
+        mcfg.intermediate_size = None
+        mcfg.moe_intermediate_size = None
+        mcfg.__post_init__()
+    mcfg.max_position_embeddings = max(mcfg.max_position_embeddings, cfg.max_seq_len)
+    return MiniMindForCausalLM(mcfg), tok
 
 
-def prepared_data(path: str, tok, kind: str, max_seq_len: int, on_bad_record: str, d: Dist, progress=True):
-    """A prepared dataset for `path`: used as is if it is a prepared dir, else prepared once (cached)."""
+# ----------------------------------------------------------------------------- data
+
+def user_cache_dir() -> Path:
+    """$MINIMIND_CACHE, else $XDG_CACHE_HOME/minimind, else ~/.cache/minimind."""
+    if os.environ.get("MINIMIND_CACHE"):
+        return Path(os.environ["MINIMIND_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "minimind"
+
+
+def _writable(folder: Path) -> bool:
+    """Can files be created in `folder` (made if missing)? Tried, not guessed from permission bits."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def cache_path(src: Path, kind: str, tok, cache_dir: str | None = None, say=print) -> Path:
+    """Where the prepared form of `src` lives: --cache-dir, else prepared/ beside the input, else (the
+    input's folder is read-only) the user cache, named with a hash of the input's path."""
+    name = f"{src.stem}-{kind}-{tok.fingerprint()[:8]}"
+    if cache_dir:
+        return Path(cache_dir) / name
+    beside = src.parent / "prepared"
+    if _writable(beside):
+        return beside / name
+    digest = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
+    cache = user_cache_dir() / "prepared" / f"{name}-{digest}"
+    say(f"note: {src.parent} is not writable; prepared data goes to {cache} (choose with --cache-dir)")
+    return cache
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on `path` (created if needed), released on exit or when the process dies.
+    Waits as long as it takes: no collective timeout while another process tokenizes a big file."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (one process at a time is then up to the user)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepared_data(path: str, tok, kind: str, max_seq_len: int, on_bad_record: str = "error",
+                  cache_dir: str | None = None, progress: bool = True, verbose: bool = True):
+    """A prepared dataset for `path`: used as is if it is a prepared dir, else prepared once (cached).
+
+    Safe to call from every process of a torchrun job at once (before the process group exists):
+    the first to take the lock tokenizes, the others wait and then find it up to date."""
     from ..data.prepare import load_prepared, prepare
 
     p = Path(path)
@@ -142,58 +276,94 @@ def prepared_data(path: str, tok, kind: str, max_seq_len: int, on_bad_record: st
         return load_prepared(p, tok)
     if not p.is_file():
         raise UserError(f"--data {path}: no such file or directory")
-    cache = p.parent / "prepared" / f"{p.stem}-{kind}-{tok.fingerprint()[:8]}"
-    if d.is_main:
-        prepare(p, tok, cache, kind=kind, max_seq_len=None if kind == "pretrain" else max_seq_len,
-                on_bad_record=on_bad_record, progress=progress)
-    if d.enabled:
-        dist.barrier()
+    cache = cache_path(p, kind, tok, cache_dir, say=print if verbose else (lambda _: None))
+    try:
+        with file_lock(cache.parent / f".{cache.name}.lock"):
+            prepare(p, tok, cache, kind=kind, max_seq_len=None if kind == "pretrain" else max_seq_len,
+                    on_bad_record=on_bad_record, progress=progress, verbose=verbose)
+    except PermissionError as e:
+        raise UserError(f"{cache}: cannot write prepared data there ({e.strerror}); choose a writable "
+                        f"folder with --cache-dir") from None
     return load_prepared(cache, tok)
 
 
-def _eval_batch_size(data, args, d: Dist) -> int:
+def _eval_batch_size(data, cfg: RunConfig, d: Dist) -> int:
     """A held-out set may be small: shrink the batch so that it still fills one batch per rank."""
     if data.kind == "pretrain":
-        available = data.meta["n_tokens"] // (args.max_seq_len + 1)
+        available = data.meta["n_tokens"] // (cfg.max_seq_len + 1)
     else:
         available = len(data)
-    return max(1, min(args.batch_size, available // d.world_size))
+    return max(1, min(cfg.train.batch_size, available // d.world_size))
 
 
-def run_training(stage: str, args, objective, data_kind: str, extra: dict | None = None,
-                 model_and_tok=None) -> dict:
+def _data_note(data) -> str:
+    """Records cut to max_seq_len and records dropped for having nothing to train on, if any."""
+    m = data.meta
+    notes = [f"{m[k]} {what}" for k, what in (("truncated", "cut to --max-seq-len"),
+                                               ("dropped_no_target", "dropped: no trained token left"))
+             if m.get(k)]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _plan_steps(cfg: RunConfig, n_batches: int, world_size: int) -> int:
+    """--steps; else --epochs worth (default 1); under --time-budget only a cap given explicitly."""
+    t = cfg.train
+    if t.steps:
+        return t.steps
+    if t.time_budget and cfg.epochs is None:
+        return 0  # no cap: the budget decides
+    per_step = world_size * t.grad_accum
+    epochs = 1.0 if cfg.epochs is None else cfg.epochs
+    return max(1, math.ceil(epochs * n_batches * world_size / per_step))
+
+
+def run_training(cfg: RunConfig, objective, data_kind: str, model_and_tok=None) -> dict:
     """Build everything for a training command and run the engine. Returns the final metrics."""
     from ..data.loader import make_loader
 
-    d, device = init_distributed(args.device)
+    started = time.monotonic()  # the time budget counts from here
+    d = Dist.from_env()
+    device = process_device(d, cfg.train.device)
+    t = cfg.train
     try:
-        seed_everything(args.seed)  # the same initial weights in every process and every run
-        model, tok = model_and_tok or build_model(args)
-        if args.max_seq_len > model.config.max_position_embeddings:
-            raise UserError(f"--max-seq-len {args.max_seq_len} exceeds the model's "
+        seed_everything(t.seed)  # the same initial weights in every process and every run
+        model, tok = model_and_tok or build_model(cfg)
+        if cfg.max_seq_len > model.config.max_position_embeddings:
+            raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the model's "
                             f"max_position_embeddings {model.config.max_position_embeddings}")
-        progress = not args.no_progress and d.is_main
-        data = prepared_data(args.data, tok, data_kind, args.max_seq_len, args.on_bad_record, d, progress)
-        loader = make_loader(data, args.batch_size, args.max_seq_len, seed=args.seed, rank=d.rank,
-                             world_size=d.world_size)
+        progress = t.progress and d.is_main
+        # tokenize before joining the process group: a collective would time out on a big file
+        data = prepared_data(cfg.data, tok, data_kind, cfg.max_seq_len, cfg.on_bad_record, cfg.cache_dir,
+                             progress, verbose=d.is_main)
+        edata = None
+        if cfg.eval_data:
+            edata = prepared_data(cfg.eval_data, tok, data_kind, cfg.max_seq_len, cfg.on_bad_record,
+                                  cfg.cache_dir, progress, verbose=d.is_main)
+        join_process_group(d, device)
+        if cfg.auto_batch:
+            from .autobatch import fit_batch_size
+
+            t.batch_size, t.grad_accum = fit_batch_size(model, objective, t.batch_size * t.grad_accum,
+                                                        cfg.max_seq_len, data_kind, device,
+                                                        pick_dtype(t.dtype, device), say=print if progress else None)
+        loader = make_loader(data, t.batch_size, cfg.max_seq_len, seed=t.seed, rank=d.rank, world_size=d.world_size)
         eval_loader = None
-        if args.eval_data:
-            edata = prepared_data(args.eval_data, tok, data_kind, args.max_seq_len, args.on_bad_record, d, progress)
-            eval_loader = make_loader(edata, _eval_batch_size(edata, args, d), args.max_seq_len, seed=0,
+        if edata is not None:
+            eval_loader = make_loader(edata, _eval_batch_size(edata, cfg, d), cfg.max_seq_len, seed=0,
                                       rank=d.rank, world_size=d.world_size)
-        cfg = train_config(args, extra)
-        if not cfg.steps:
-            per_step = d.world_size * cfg.grad_accum
-            cfg.steps = max(1, math.ceil(args.epochs * len(loader) * d.world_size / per_step))
-        run_config = {"stage": stage, "model": model.config.to_dict(), "data": str(args.data),
-                      "argv": sys.argv[1:]}
-        if d.is_main and not args.no_progress:
+        t.steps = _plan_steps(cfg, len(loader), d.world_size)
+        run_cfg = {"stage": cfg.stage, "model": model.config.to_dict(), "data": str(cfg.data),
+                   "max_seq_len": cfg.max_seq_len, "argv": cfg.argv}
+        if progress:
             c = model.config.param_counts()
-            print(f"{stage}: {c['total'] / 1e6:.2f}M parameters ({model.config.name}), "
-                  f"{len(data)} records, {cfg.steps} steps x {cfg.batch_size * cfg.grad_accum * d.world_size} rows"
-                  f" x {args.max_seq_len} tokens, lr {cfg.lr:g} ({cfg.schedule}) -> {cfg.out_dir}")
-        trainer = Trainer(model, objective, loader, tok, cfg, eval_loader=eval_loader, run_config=run_config,
-                          dist_info=d, device=device)
+            steps = f"{t.steps} steps" if t.steps else "steps by time"
+            print(f"{cfg.stage}: {c['total'] / 1e6:.2f}M parameters ({model.config.name}), "
+                  f"{len(data)} records{_data_note(data)}, {steps} x {t.batch_size * t.grad_accum * d.world_size} "
+                  f"rows x {cfg.max_seq_len} tokens, lr {t.lr:g} ({t.schedule}) -> {t.out_dir}")
+        trainer = Trainer(model, objective, loader, tok, t, eval_loader=eval_loader, run_config=run_cfg,
+                          dist_info=d, device=device, started_at=started)
         return trainer.fit()
     finally:
         if d.enabled and dist.is_initialized():

@@ -1,0 +1,79 @@
+"""lookup: a tiny retrieval tool over the built-in corpus's fact tables (subject + relation -> value).
+
+A model of a few million parameters cannot memorise the world, but it can ask. The table is the
+one the corpus is written from (minimind/data/synth.py `fact_table()`): countries (capital,
+continent), planets (planet_order, moons), chemical elements (symbol, atomic_number), animals
+(animal_class, diet, legs) and inventions (inventor).
+
+Subjects are matched by English or Chinese name, case- and space-insensitively, with or without
+a leading "the" ("the United States", "united states", "美国"); relations by their names in
+`RELATIONS` ("atomic_number", "Atomic Number"). The answer is the corpus's short answer, in Chinese
+when the subject was named in Chinese: lookup("France", "capital") -> "Paris",
+lookup("法国", "capital") -> "巴黎". An unknown subject or relation is answered with close matches.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..data.synth import RELATIONS, fact_table
+from .base import Names, ToolError, is_chinese
+
+_PLURAL = {"country": "countries", "planet": "planets", "element": "chemical elements",
+           "animal": "animals", "invention": "inventions"}
+
+
+def _relations_by_table() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for rel in RELATIONS:
+        out.setdefault(rel.table, []).append(rel.name)
+    return out
+
+
+def _schema() -> dict:
+    kinds = "; ".join(f"{', '.join(rels)} ({_PLURAL.get(table, table + 's')})"
+                      for table, rels in _relations_by_table().items())
+    return {"type": "function", "function": {
+        "name": "lookup",
+        "description": f"Look up a fact in the built-in encyclopedia. Relations: {kinds}.",
+        "parameters": {"type": "object", "properties": {
+            "subject": {"type": "string", "description": "What the fact is about, e.g. France or 法国."},
+            "relation": {"type": "string", "description": "Which fact, e.g. capital."}},
+            "required": ["subject", "relation"]}}}
+
+
+SCHEMA = _schema()
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[Names, Names]:
+    """(subjects, relations). A subject's value is {table: {"name", "table", "answers": {relation: (en, zh)}}},
+    so the relation decides between tables should two tables ever share a name."""
+    entries: dict[tuple[str, str], dict] = {}
+    for row in fact_table():
+        entry = entries.setdefault((row["table"], row["subject"]),
+                                   {"name": row["subject"], "zh": row["subject_zh"], "table": row["table"],
+                                    "answers": {}})
+        entry["answers"][row["relation"]] = (row["answer"], row["answer_zh"])
+    by_name: dict[str, dict] = {}
+    for e in entries.values():
+        for name in (e["name"], e["zh"]):
+            by_name.setdefault(name, {})[e["table"]] = e
+    kinds = ", ".join(_PLURAL.get(t, t + "s") for t in _relations_by_table())
+    subjects = Names("subject", by_name.items(), hint=f"Subjects are the {kinds} of the built-in corpus.")
+    relations = Names("relation", [(r.name, r) for r in RELATIONS], listed=[r.name for r in RELATIONS])
+    return subjects, relations
+
+
+def lookup(subject: str, relation: str) -> str:
+    """The short answer: lookup("France", "capital") -> "Paris"; in Chinese for a Chinese subject."""
+    subjects, relations = _tables()
+    by_table, rel = subjects(subject), relations(relation)
+    entry = by_table.get(rel.table)
+    if entry is None:
+        entry = next(iter(by_table.values()))
+        asks = ", ".join(entry["answers"])
+        raise ToolError(f"{rel.name!r} is not a relation of {entry['name']} (one of the "
+                        f"{_PLURAL.get(entry['table'], entry['table'])}); ask for {asks}")
+    en, zh = entry["answers"][rel.name]
+    return zh if is_chinese(subject) else en

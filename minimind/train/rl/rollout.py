@@ -1,0 +1,318 @@
+"""One rollout path for every RL objective: sample, score, estimate advantages, feed the one engine.
+
+The training engine (train/engine.py) pulls micro-batches from a data source and calls
+`objective.loss(model, batch)`; for RL that source is `RolloutSource`. Each time its buffer runs
+dry it makes a rollout with the *current* policy:
+
+    1. take P prompts (this rank's shard of a seeded shuffle of the prompt file)
+    2. sample G responses per prompt with the generation engine at temperature tau (G = 1 for PPO/SPO);
+       a response keeps its closing <|im_end|>, so the policy learns when to stop
+    3. score them: R = reward(record, reply) in [0, 1]
+    4. dynamic sampling (group objectives): a group whose G rewards are all equal has zero advantage
+       everywhere - full cost, no signal - so it is dropped and fresh prompts are sampled in its place
+       (up to `max_refills` rounds); the share of such groups is logged as zero_var_frac
+    5. log pi_old (the policy as it is now) and log pi_ref of every response token, in the very
+       micro-batches the engine will train on (same shapes, same kernels: the first ratio is exactly 1)
+    6. objective.advantages(...) fills A (and PPO's returns)
+    7. cut the rollout into `minibatches` optimizer steps per epoch, for `ppo_epochs` epochs (rows
+       reshuffled each epoch); every optimizer step is `micro_batches` engine micro-batches
+
+and then hands out one micro-batch per `next()`. The engine's `grad_accum` must equal
+`micro_batches` (the RL command sets it). After the first optimizer step of a rollout the policy
+differs from pi_old, so ratios move away from 1 and the clipping / CISPO's cap act.
+
+Under DDP every rank samples its own prompts; a group never spans ranks. Each optimizer step's loss
+is normalised by its token count summed over all micro-batches and ranks (one all-reduce), so the
+averaged gradient equals that of one process training on the union of the shards.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ...errors import UserError
+from ...runtime import autocast
+from .losses import token_logps
+from .objectives import sequence_drift_kl
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_rollout: int = 8  # P, per rank
+    group_size: int = 8  # G samples per prompt (objectives without groups use 1)
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    ppo_epochs: int = 1  # passes over each rollout
+    minibatches: int = 1  # optimizer steps per pass
+    micro_batches: int = 1  # engine micro-batches per optimizer step (= grad_accum)
+    dynamic_sampling: bool = True
+    max_refills: int = 2
+    think: bool = False
+    drift_rows: int = 8  # SPO: responses kept to measure how far the policy moved between rollouts
+
+    @property
+    def steps_per_rollout(self) -> int:
+        return self.ppo_epochs * self.minibatches
+
+
+def load_rl_records(path, on_bad_record: str = "error", need_gt: bool = False) -> list[dict]:
+    """RL prompts from JSONL: {"conversations": [...], "gt"?}. A trailing assistant turn with no content
+    (the public rlaif format stores "" or "None" there) is dropped: it is what the policy generates."""
+    from ...data.records import iter_records
+
+    out = []
+    for lineno, r in iter_records(path, "rl", on_bad_record):
+        conv = list(r["conversations"])
+        while conv and conv[-1]["role"] == "assistant" and str(conv[-1].get("content") or "").strip() in ("", "None"):
+            conv.pop()
+        if not conv or conv[-1]["role"] not in ("user", "tool"):
+            raise UserError(f"{path}:{lineno}: an RL prompt must end with a user (or tool) turn")
+        if need_gt and "gt" not in r:
+            raise UserError(f"{path}:{lineno}: no 'gt' (ground truth) field: the rule reward needs one; "
+                            f"add gt to every record or use a reward model (--reward-model)")
+        out.append({"conversations": conv, "gt": r.get("gt"), "key": f"{lineno}"})
+    if not out:
+        raise UserError(f"{path}: no RL prompts")
+    return out
+
+
+def _all_reduce_sum(x: float, device) -> float:
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([x], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item())
+    return x
+
+
+class RolloutSource:
+    """An iterator of RL micro-batches for the training engine (see the module docstring)."""
+
+    def __init__(self, records: list[dict], tok, policy, ref, objective, reward, generate, cfg: RolloutConfig,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, dtype=torch.float32):
+        """generate(prompts: list[list[int]], temperature, max_new_tokens, seeds, suppress_ids) ->
+        list of (response token ids incl. a final stop token if it stopped, finish_reason)."""
+        self.records, self.tok, self.policy, self.ref = records, tok, policy, ref
+        self.objective, self.reward, self.generate, self.cfg = objective, reward, generate, cfg
+        self.seed, self.rank, self.world_size, self.dtype = seed, rank, world_size, dtype
+        self.group = cfg.group_size if objective.uses_groups else 1
+        self.rollouts = 0  # rollouts made so far (drives every seed: resume is exact)
+        self.cursor = 0  # prompts consumed from the current epoch's order
+        self.epoch = 0
+        self.buffer: list[dict] = []
+        self.probe: dict | None = None  # SPO drift: a few rows of the previous rollout
+
+    # ------------------------------------------------------------------ iterator protocol
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if not self.buffer:
+            self.buffer = self.make_rollout()
+        return self.buffer.pop(0)
+
+    def __len__(self) -> int:  # optimizer steps in one pass over the prompts
+        per = self.cfg.prompts_per_rollout * self.world_size
+        return max(1, len(self.records) // per) * self.cfg.steps_per_rollout
+
+    def state_dict(self) -> dict:
+        return {"rollouts": self.rollouts, "cursor": self.cursor, "epoch": self.epoch,
+                "buffer": self.buffer, "probe": self.probe}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollouts, self.cursor, self.epoch = state["rollouts"], state["cursor"], state["epoch"]
+        self.buffer, self.probe = list(state["buffer"]), state["probe"]
+
+    # ------------------------------------------------------------------ prompts
+    def _order(self) -> np.ndarray:
+        perm = np.random.default_rng(self.seed + 7919 * self.epoch).permutation(len(self.records))
+        return perm[self.rank::self.world_size]
+
+    def next_prompts(self, n: int) -> list[dict]:
+        order, out = self._order(), []
+        while len(out) < n:
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                order = self._order()
+            out.append(self.records[int(order[self.cursor])])
+            self.cursor += 1
+        return out
+
+    # ------------------------------------------------------------------ sampling and scoring
+    def sample(self, records: list[dict], round_: int) -> dict:
+        """G responses to each record, parsed and scored."""
+        from ...infer.parse import parse_assistant
+        from ...tokenizer import render_chat
+
+        think = self.cfg.think
+        prompts = [render_chat(self.tok, r["conversations"], add_generation_prompt=True, open_thinking=think)[0]
+                   for r in records for _ in range(self.group)]
+        base = (self.seed * 1_000_003 + self.rollouts * 10_007 + round_ * 101 + self.rank) * 1000
+        seeds = [base + i for i in range(len(prompts))]
+        suppress = () if think else tuple(i for i in (self.tok.think_id, self.tok.end_think_id) if i is not None)
+        t0 = time.perf_counter()
+        self.policy.eval()
+        outs = self.generate(prompts, self.cfg.temperature, self.cfg.max_new_tokens, seeds, suppress)
+        gen_s = time.perf_counter() - t0
+        stop = {self.tok.eos_id, self.tok.eot_id}
+        replies = []
+        for tokens, finish in outs:
+            text = self.tok.decode([t for t in tokens if t not in stop])
+            replies.append({**parse_assistant(text, open_thinking=think), "finish_reason": finish})
+        recs = [r for r in records for _ in range(self.group)]
+        rewards, parts = self.reward.score(recs, replies)
+        return {"records": recs, "prompts": prompts, "responses": [t for t, _ in outs], "replies": replies,
+                "rewards": rewards, "parts": parts, "gen_s": gen_s,
+                "gen_tokens": sum(len(t) for t, _ in outs)}
+
+    def collect(self) -> tuple[dict, dict]:
+        """Sample P groups with signal (dynamic sampling) -> (kept samples, stats)."""
+        P, G = self.cfg.prompts_per_rollout, self.group
+        kept = {k: [] for k in ("records", "prompts", "responses", "replies", "rewards")}
+        kept_parts: dict[str, list] = {}
+        groups = zero = gen_tokens = 0
+        gen_s = 0.0
+        for round_ in range(1 + (self.cfg.max_refills if self.cfg.dynamic_sampling and G > 1 else 0)):
+            need = P - len(kept["rewards"]) // G
+            if need <= 0:
+                break
+            s = self.sample(self.next_prompts(need), round_)
+            gen_s, gen_tokens = gen_s + s["gen_s"], gen_tokens + s["gen_tokens"]
+            for g in range(need):
+                sl = slice(g * G, (g + 1) * G)
+                groups += 1
+                flat = G > 1 and max(s["rewards"][sl]) == min(s["rewards"][sl])
+                zero += flat
+                if flat and self.cfg.dynamic_sampling and round_ < self.cfg.max_refills:
+                    continue  # no signal: drop it, refill in the next round
+                for k in kept:
+                    kept[k] += s[k][sl]
+                for k, v in s["parts"].items():
+                    kept_parts.setdefault(k, []).extend(v[sl])
+        r = np.array(kept["rewards"], dtype=np.float64)
+        lens = [len(t) for t in kept["responses"]]
+        stats = {"reward": float(r.mean()), "reward_std": float(r.std()), "zero_var_frac": zero / max(groups, 1),
+                 "response_len": float(np.mean(lens)), "rollout_tok_s": gen_tokens / max(gen_s, 1e-9),
+                 "gen_s": gen_s, "truncated_frac": float(np.mean([y["finish_reason"] == "length"
+                                                                  for y in kept["replies"]]))}
+        stats.update({f"reward/{k}": float(np.mean(v)) for k, v in kept_parts.items()
+                      if v and isinstance(v[0], (int, float))})
+        return kept, stats
+
+    # ------------------------------------------------------------------ tensors
+    def tensors(self, kept: dict) -> dict:
+        """input_ids (N, T) right-padded, mask (N, T-1) on response targets, rewards (N,)."""
+        rows = [p + r for p, r in zip(kept["prompts"], kept["responses"])]
+        T = max(len(x) for x in rows)
+        N = len(rows)
+        ids = torch.full((N, T), self.tok.pad_id, dtype=torch.long)
+        mask = torch.zeros((N, T - 1))
+        for i, (p, r) in enumerate(zip(kept["prompts"], kept["responses"])):
+            ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+            mask[i, len(p) - 1:len(p) - 1 + len(r)] = 1.0  # target t+1 is a response token
+        return {"input_ids": ids, "mask": mask, "rewards": torch.tensor(kept["rewards"], dtype=torch.float32),
+                "group_size": self.group, "keys": [r["key"] for r in kept["records"]]}
+
+    def micro_slices(self, rows: list[int]) -> list[list[int]]:
+        A = self.cfg.micro_batches
+        return [rows[i::A] for i in range(A)] if A > 1 else [rows]
+
+    @staticmethod
+    def width(mask, rows) -> int:
+        """Columns a micro-batch needs: up to its last response token (the rest is right padding)."""
+        m = mask[rows]
+        return int(m.sum(0).nonzero().max()) + 2 if bool(m.any()) else 2
+
+    @torch.no_grad()
+    def score_tokens(self, roll: dict, device) -> None:
+        """old_logp, ref_logp (and PPO's old_values) of every row, in training-shaped chunks."""
+        old = torch.zeros_like(roll["mask"])
+        ref = torch.zeros_like(roll["mask"])
+        values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
+        for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
+            T = self.width(roll["mask"], chunk)
+            ids = roll["input_ids"][chunk][:, :T].to(device)
+            with autocast(device, self.dtype):
+                out = self.policy(ids[:, :-1])
+                old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
+                if values is not None:
+                    values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
+                ref_logits = self.ref(ids[:, :-1]).logits
+                ref[chunk, :T - 1] = token_logps(ref_logits, ids[:, 1:], self.cfg.temperature).cpu()
+        roll["old_logp"], roll["ref_logp"] = old * roll["mask"], ref * roll["mask"]
+        if values is not None:
+            roll["old_values"] = values * roll["mask"]
+
+    def plan(self, N: int) -> list[list[list[int]]]:
+        """Row indices of every optimizer step of this rollout, each a list of micro-batches."""
+        rng = random.Random(self.seed * 31 + self.rollouts)
+        steps = []
+        for _ in range(self.cfg.ppo_epochs):
+            rows = list(range(N))
+            rng.shuffle(rows)
+            per = -(-N // self.cfg.minibatches)
+            for m in range(self.cfg.minibatches):
+                part = rows[m * per:(m + 1) * per]
+                if part:
+                    steps.append(self.micro_slices(part))
+        return steps
+
+    def plan_chunks(self, N: int) -> list[list[int]]:
+        """The first epoch's micro-batches: scoring in exactly these shapes makes the first ratio 1."""
+        return [mb for step in self.plan(N)[:self.cfg.minibatches] for mb in step]
+
+    # ------------------------------------------------------------------ one rollout
+    def make_rollout(self) -> list[dict]:
+        device = next(self.policy.parameters()).device
+        self.measure_drift(device)
+        kept, stats = self.collect()
+        roll = self.tensors(kept)
+        self.score_tokens(roll, device)
+        self.objective.advantages(roll, self.policy)
+        if "baseline_mean" in roll:
+            stats["baseline"] = roll["baseline_mean"]
+        self.keep_probe(roll)
+        batches = []
+        level = getattr(self.objective, "level", "token")
+        A, W = self.cfg.micro_batches, self.world_size
+        per_token = {k: roll[k] for k in ("mask", "old_logp", "ref_logp", "adv", "returns", "old_values")
+                     if k in roll}
+        for step in self.plan(roll["input_ids"].shape[0]):
+            rows = [i for mb in step for i in mb]
+            count = float(roll["mask"][rows].sum()) if level == "token" else float(len(rows))
+            denom = _all_reduce_sum(count, device) / (A * W)
+            for mb in step:
+                idx = torch.tensor(mb)
+                T = self.width(roll["mask"], mb)
+                b = {k: v[idx][:, :T - 1] for k, v in per_token.items()}
+                b["input_ids"] = roll["input_ids"][idx][:, :T]
+                b["denominator"] = torch.tensor(max(denom, 1e-9))
+                b["stats"] = stats
+                batches.append(b)
+        self.rollouts += 1
+        self.policy.train()
+        return batches
+
+    # ------------------------------------------------------------------ SPO: how far the policy moved
+    def keep_probe(self, roll: dict) -> None:
+        if not hasattr(self.objective, "record_drift"):
+            return
+        n = min(self.cfg.drift_rows, roll["input_ids"].shape[0])
+        self.probe = {"input_ids": roll["input_ids"][:n].clone(), "mask": roll["mask"][:n].clone(),
+                      "logp": roll["old_logp"][:n].clone()}
+
+    @torch.no_grad()
+    def measure_drift(self, device) -> None:
+        if self.probe is None or not hasattr(self.objective, "record_drift"):
+            return
+        ids = self.probe["input_ids"].to(device)
+        with autocast(device, self.dtype):
+            now = token_logps(self.policy(ids[:, :-1]).logits, ids[:, 1:], self.cfg.temperature).cpu()
+        self.objective.record_drift(sequence_drift_kl(self.probe["logp"], now * self.probe["mask"],
+                                                      self.probe["mask"]))
+

@@ -1,0 +1,138 @@
+"""Rewards: rules on hand-made replies, the Bradley-Terry reward model, its transformers export."""
+
+import math
+
+import pytest
+import torch
+
+from minimind.config import ModelConfig
+from minimind.reward import RewardMix
+from minimind.reward.model import BradleyTerry, NativeReward, RewardModel, load_reward_model, with_suffix
+from minimind.reward.rules import RuleReward, answer_reward, format_reward, length_reward
+from minimind.tokenizer import render_chat
+
+
+def rec(q, gt):
+    return {"conversations": [{"role": "user", "content": q}], "gt": gt}
+
+
+@pytest.mark.parametrize("reply,ok", [
+    ("12 + 30 = 42.", 1.0),
+    ("The answer is 42.", 1.0),
+    ("42", 1.0),
+    ("40, 41, 42", 0.0),  # spraying candidates earns nothing
+    ("42 or maybe 43", 0.0),  # the last number is the answer
+    ("12 + 30 = 43.", 0.0),
+    ("", 0.0),
+])
+def test_numeric_answers_must_be_stated(reply, ok):
+    assert answer_reward(rec("What is 12 + 30?", "42"), {"content": reply}) == ok
+
+
+def test_chinese_and_text_answers():
+    assert answer_reward(rec("12加30等于多少？", "42"), {"content": "12加30等于42。"}) == 1.0
+    assert answer_reward(rec("What is the capital of France?", "Paris"),
+                         {"content": "The capital of France is Paris."}) == 1.0
+    assert answer_reward(rec("What is the capital of France?", "Paris"), {"content": "Parisian food."}) == 0.0
+    listing = ", ".join(["Rome", "Berlin", "Madrid", "Lisbon", "Vienna", "Prague", "Warsaw", "Athens"] * 3)
+    assert answer_reward(rec("What is the capital of France?", "Paris"), {"content": listing + ", Paris"}) == 0.0
+    assert answer_reward(rec("法国的首都是哪里？", "巴黎"), {"content": "法国的首都是巴黎。"}) == 1.0
+
+
+def test_format_and_length_rules_and_the_weighted_mix():
+    assert format_reward({}, {"content": "x", "reasoning_content": "because"}, think=True) == 1.0
+    assert format_reward({}, {"content": "x", "reasoning_content": ""}, think=True) == 0.0
+    assert format_reward({}, {"content": "x", "reasoning_content": None}, think=False) == 1.0
+    assert format_reward({}, {"content": "x", "tool_calls": [{"name": "calculator"}]}) == 0.0
+    assert length_reward({}, {"finish_reason": "length"}) == 0.0
+    rules = RuleReward({"answer": 3.0, "length": 1.0})
+    r = rec("What is 1 + 1?", "2")
+    totals, parts = rules.score([r, r], [{"content": "2", "finish_reason": "stop"},
+                                         {"content": "2", "finish_reason": "length"}])
+    assert totals == pytest.approx([1.0, 0.75]) and parts["length"] == [1.0, 0.0]
+    mix = RewardMix([(rules, 1.0), (rules, 3.0)])
+    assert mix.score([r], [{"content": "3", "finish_reason": "stop"}])[0] == pytest.approx([0.25])
+
+
+def tiny_rm(tok, seed=0):
+    torch.manual_seed(seed)
+    return RewardModel(ModelConfig(
+        vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.im_start_id,
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, num_labels=1))
+
+
+def test_training_rows_are_completed_to_the_template_rendering(tok):
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    full, _ = render_chat(tok, conv)
+    row = torch.tensor([full[:-1] + [tok.pad_id] * 3])  # what DPOLoader holds: no last token, padded
+    ids, index = with_suffix(row, tok.pad_id, tok.encode("\n"))
+    assert ids[0, :len(full)].tolist() == full and index.item() == len(full) - 1
+
+
+def test_bradley_terry_loss_is_the_formula(tok):
+    rm = tiny_rm(tok)
+    w, l_ = [render_chat(tok, [{"role": "user", "content": "Q"}, {"role": "assistant", "content": a}])[0]
+             for a in ("yes", "no no")]
+    width = max(len(w), len(l_)) - 1
+    pad = lambda x: x[:-1] + [tok.pad_id] * (width - len(x) + 1)  # noqa: E731
+    batch = {"chosen_input_ids": torch.tensor([pad(w)]), "rejected_input_ids": torch.tensor([pad(l_)]),
+             "n_tokens": torch.tensor(5)}
+    loss, m = BradleyTerry(tok.pad_id, tok.encode("\n")).loss(rm, batch)
+    r_w = rm(torch.tensor([w]), torch.tensor([len(w) - 1]))
+    r_l = rm(torch.tensor([l_]), torch.tensor([len(l_) - 1]))
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-(r_w - r_l).item()))), rel=1e-5)
+    assert m["pair_acc"].item() == float(r_w.item() > r_l.item())
+
+
+def test_exported_reward_model_scores_the_same_in_transformers(tok, tmp_path):
+    pytest.importorskip("transformers")
+    from minimind.checkpoint import save_checkpoint
+    from minimind.export.hf import export_hf
+    from minimind.reward.external import ExternalReward
+
+    rm = tiny_rm(tok, seed=3)
+    save_checkpoint(tmp_path / "rm", rm, tok)
+    model, _, center = load_reward_model(tmp_path / "rm")
+    assert center == 0.0 and model.config.num_labels == 1
+    export_hf(tmp_path / "rm", tmp_path / "hf")
+    records = [rec("What is 2 + 3?", "5"), rec("法国的首都是哪里？", "巴黎")]
+    replies = [{"content": "2 + 3 = 5."}, {"content": "法国的首都是巴黎。"}]
+    native = NativeReward(tmp_path / "rm").score(records, replies)
+    external = ExternalReward(tmp_path / "hf").score(records, replies)
+    assert native[1]["rm_score"] == pytest.approx(external[1]["ext_score"], abs=1e-4)
+    assert native[0] == pytest.approx(external[0], abs=1e-5)
+
+
+def test_a_causal_lm_is_not_a_reward_model(tok, tmp_path):
+    from minimind.checkpoint import save_checkpoint
+    from minimind.errors import UserError
+    from minimind.model import MiniMindForCausalLM
+
+    cfg = tiny_rm(tok).config
+    cfg.num_labels = 0
+    save_checkpoint(tmp_path / "lm", MiniMindForCausalLM(cfg), tok)
+    with pytest.raises(UserError, match="not a reward model"):
+        load_reward_model(tmp_path / "lm")
+
+
+def test_cli_reward_train_writes_a_reward_model(corpus, tok, tmp_path, capsys):
+    from minimind.checkpoint import save_checkpoint
+    from minimind.cli import main
+    from minimind.model import MiniMindForCausalLM
+
+    cfg = tiny_rm(tok).config
+    cfg.num_labels = 0
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "sft", MiniMindForCausalLM(cfg), tok)
+    lines = (corpus / "dpo.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:48]) + "\n", encoding="utf-8")
+    (tmp_path / "held.jsonl").write_text("\n".join(lines[48:64]) + "\n", encoding="utf-8")
+    rc = main(["reward", "train", "--init", str(tmp_path / "sft"), "--data", str(tmp_path / "train.jsonl"),
+               "--eval-data", str(tmp_path / "held.jsonl"), "--out", str(tmp_path / "rm"), "--steps", "3",
+               "--batch-size", "8", "--max-seq-len", "128", "--dtype", "fp32", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "held-out pair accuracy" in out and "(16 pairs)" in out
+    model, _, center = load_reward_model(tmp_path / "rm")
+    assert model.config.num_labels == 1 and center != 0.0

@@ -1,0 +1,182 @@
+"""RL on the one engine: rollouts, ratios, clipping, the frozen reference, dynamic sampling, resume."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from minimind.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from minimind.config import ModelConfig
+from minimind.model import MiniMindForCausalLM
+from minimind.runtime import freeze
+from minimind.train.engine import TrainConfig
+from minimind.train.rl.objectives import CISPO, GRPO, PPO, SPO
+from minimind.train.rl.rollout import RolloutConfig, RolloutSource, load_rl_records
+from minimind.train.rl.train import RLConfig, engine_sampler, train_rl
+
+
+class LengthReward:
+    """Deterministic, varies within a group: shorter replies score higher (0..1)."""
+
+    name = "length"
+
+    def needs_gt(self):
+        return False
+
+    def score(self, records, replies):
+        vals = [1.0 / (1.0 + len(y["content"])) for y in replies]
+        return vals, {"len": [float(len(y["content"])) for y in replies]}
+
+
+class HalfConstantReward(LengthReward):
+    """Prompts with an even line number always score 0: their groups carry no signal."""
+
+    def score(self, records, replies):
+        vals, parts = super().score(records, replies)
+        return [0.0 if int(r["key"]) % 2 == 0 else v for r, v in zip(records, vals)], parts
+
+
+@pytest.fixture(scope="module")
+def sft(tok, tmp_path_factory):
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(ModelConfig(
+        vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.im_start_id,
+        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
+    return save_checkpoint(tmp_path_factory.mktemp("rl") / "sft", model, tok)
+
+
+@pytest.fixture(scope="module")
+def prompts(corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rlp") / "rl.jsonl"
+    lines = (corpus / "rlaif.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def source(sft, prompts, objective, reward, **kw):
+    policy, tok = load_checkpoint(sft)
+    policy.train()
+    ref = freeze(copy.deepcopy(policy))
+    cfg = RolloutConfig(**{"prompts_per_rollout": 4, "group_size": 4, "max_new_tokens": 12, **kw})
+    return RolloutSource(load_rl_records(prompts), tok, policy, ref, objective, reward,
+                         engine_sampler(policy, tok), cfg, seed=1), policy, ref
+
+
+def test_first_ratio_is_one_and_clipping_acts_after_an_update(sft, prompts):
+    src, policy, ref = source(sft, prompts, GRPO(beta=0.05), LengthReward(), minibatches=2)
+    opt = torch.optim.SGD(policy.parameters(), lr=3.0)
+    obj = src.objective
+    first = next(src)
+    loss, m = obj.loss(policy, first)
+    assert m["ratio"].item() == pytest.approx(1.0, abs=1e-6) and m["clip_frac"].item() == 0.0
+    assert m["reward_std"] > 0 and 0 < m["n_tokens"].item()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    assert all(p.grad is None for p in ref.parameters())  # the reference never gets gradients
+    second = next(src)  # the same rollout's second minibatch: pi_theta != pi_old now
+    _, m2 = obj.loss(policy, second)
+    assert abs(m2["ratio"].item() - 1.0) > 1e-3
+    assert m2["clip_frac"].item() > 0.0
+
+
+def test_zero_variance_groups_are_dropped_and_refilled(sft, prompts):
+    src, _, _ = source(sft, prompts, GRPO(), HalfConstantReward(), max_refills=3)
+    kept, stats = src.collect()
+    keys = {int(r["key"]) for r in kept["records"]}
+    assert len(kept["records"]) == 4 * 4 and all(k % 2 == 1 for k in keys)
+    assert 0.3 < stats["zero_var_frac"] < 0.8
+    src2, _, _ = source(sft, prompts, GRPO(), HalfConstantReward(), dynamic_sampling=False)
+    kept2, _ = src2.collect()
+    assert any(int(r["key"]) % 2 == 0 for r in kept2["records"])
+
+
+def test_responses_keep_their_stop_token_and_masks_cover_them(sft, prompts):
+    src, _, _ = source(sft, prompts, SPO(), LengthReward(), max_new_tokens=40)
+    kept, _ = src.collect()
+    roll = src.tensors(kept)
+    stop = {src.tok.eos_id, src.tok.eot_id}
+    for i, (p, r) in enumerate(zip(kept["prompts"], kept["responses"])):
+        assert int(roll["mask"][i].sum()) == len(r)
+        assert roll["input_ids"][i, len(p):len(p) + len(r)].tolist() == r
+        if kept["replies"][i]["finish_reason"] == "stop":
+            assert r[-1] in stop
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "spo", "cispo"])
+def test_every_algorithm_trains_through_the_engine(sft, prompts, corpus, tmp_path, algo, monkeypatch):
+    from minimind.train.rl import train as rl_train
+
+    monkeypatch.setattr(rl_train, "build_reward", lambda rc, think, device: LengthReward())
+    cfg = RLConfig(algo=algo, init=str(sft), data=str(prompts), rollouts=2,
+                   rollout=RolloutConfig(prompts_per_rollout=2, group_size=3, max_new_tokens=10),
+                   eval_data=str(corpus / "eval" / "heldout.jsonl") if algo == "grpo" else None, eval_limit=2)
+    tc = TrainConfig(out_dir=str(tmp_path / algo), lr=1e-2, warmup=0, schedule="constant", dtype="fp32",
+                     device="cpu", progress=False, log_every=1)
+    m = train_rl(cfg, tc)
+    assert {"loss", "kl_k3", "reward", "entropy"} <= set(m)
+    if algo == "grpo":  # held-out accuracy before and after, through the engine's evaluators
+        assert {"acc/add", "acc/add_before", "acc/fact", "acc/fact_before"} <= set(m)
+    before = load_checkpoint(sft)[0].state_dict()
+    after = load_checkpoint(tmp_path / algo)[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]  # (the final evaluation is a row of its own)
+    assert len(rows) == 2 and all("zero_var_frac" in r for r in rows)
+    if algo == "ppo":  # the critic trained with the policy and is saved in the resume state
+        from minimind.checkpoint import load_train_state
+
+        head = load_train_state(resolve_checkpoint(tmp_path / algo))["objective"]["value_head"]
+        assert float(head["weight"].abs().sum()) > 0 and "value_loss" in rows[-1]
+
+
+def test_resume_of_an_rl_run_is_exact(sft, prompts, tmp_path, monkeypatch):
+    from minimind.train.rl import train as rl_train
+
+    monkeypatch.setattr(rl_train, "build_reward", lambda rc, think, device: LengthReward())
+    cfg = RLConfig(algo="spo", init=str(sft), data=str(prompts), rollouts=4,
+                   rollout=RolloutConfig(prompts_per_rollout=2, max_new_tokens=8, minibatches=2))
+
+    def run(out, **kw):
+        tc = TrainConfig(out_dir=str(out), lr=1e-2, warmup=0, schedule="constant", dtype="fp32", device="cpu",
+                         progress=False, **kw)
+        return train_rl(cfg, tc)
+
+    run(tmp_path / "whole")
+    run(tmp_path / "parts", stop_after=3)  # mid-rollout: the buffer and the SPO tracker are saved
+    run(tmp_path / "parts", resume=True)
+    a = load_checkpoint(tmp_path / "whole")[0].state_dict()
+    b = load_checkpoint(tmp_path / "parts")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_rl_file_without_gt_needs_a_reward_model(tmp_path):
+    from minimind.errors import UserError
+
+    p = tmp_path / "rlaif-mini.jsonl"
+    p.write_text(json.dumps({"conversations": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "None"}]}) + "\n")
+    recs = load_rl_records(p)
+    assert recs[0]["conversations"] == [{"role": "user", "content": "hi"}]
+    with pytest.raises(UserError, match="reward model"):
+        load_rl_records(p, need_gt=True)
+
+
+def test_objectives_are_the_four_of_the_family():
+    assert [c.name for c in (GRPO, PPO, SPO, CISPO)] == ["grpo", "ppo", "spo", "cispo"]
+
+
+def test_cli_runs_grpo_and_reports_bad_flags(sft, prompts, tmp_path, capsys):
+    from minimind.cli import main
+
+    out = tmp_path / "grpo"
+    rc = main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rollouts", "1",
+               "--prompts-per-rollout", "2", "--group-size", "2", "--max-new-tokens", "6", "--dtype", "fp32",
+               "--device", "cpu", "--no-progress", "--max-refills", "0"])
+    assert rc == 0 and (resolve_checkpoint(out) / "model.safetensors").is_file()
+    assert "done: reward" in capsys.readouterr().out
+    assert main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--temperature", "0"]) == 2
+    assert "--temperature must be > 0" in capsys.readouterr().err
+    assert main(["spo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rules", "answer=x"]) == 2
