@@ -5,7 +5,8 @@ normal greedy requests, 8 clients at a time.
 
 Pass: no response has a 5xx status; every malformed request gets a 4xx with an OpenAI error body;
 every normal request returns exactly its solo greedy reply; the server's resident memory stays
-under its idle size + RSS_GROWTH_BOUND. Takes ~30-60 s on 2 cores.
+under its idle size + RSS_GROWTH_BOUND. The full run (600 hostile requests) is marked slow: ~30-60 s
+on 2 cores; the fast suite sends 120 of the same mix.
 """
 
 import json
@@ -30,7 +31,9 @@ from tests.test_server import tiny_chat_model  # noqa: E402
 
 KEY = "sk-fuzz"
 RSS_GROWTH_BOUND = 200 * 2**20  # bytes over the server's RSS after its first requests
-N_MALFORMED = 600
+# Socket timeouts only catch a hung server. On an oversubscribed host (load 16 on 2 cores) a reply
+# took over a minute, so the guard is generous: the test waits for answers, it never times them.
+HANG_GUARD_S = 600
 HI = [{"role": "user", "content": "Hello, who are you?"}]
 
 
@@ -44,7 +47,7 @@ def server(tok, tmp_path_factory):
                              "--max-queue", "256", "--default-max-tokens", "16"],  # every reply short
                             env=env, stderr=subprocess.PIPE, text=True)
     port, log = None, []
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while port is None and time.time() < deadline:
         line = proc.stderr.readline()
         log.append(line)
@@ -64,7 +67,7 @@ def rss(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 
 
-def send(port: int, raw: bytes, read: bool = True, timeout: float = 60) -> int | None:
+def send(port: int, raw: bytes, read: bool = True, timeout: float = HANG_GUARD_S) -> int | None:
     """Send raw HTTP; -> the status code (None if the server closed without answering)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         try:
@@ -156,7 +159,7 @@ def malformed(rng: random.Random) -> tuple[str, bytes, bool]:
 
 def disconnect_mid_stream(port: int) -> None:
     """Start a long stream, read its first bytes, hang up."""
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD_S) as s:
         s.sendall(request(chat_body(stream=True, max_tokens=500)))
         s.recv(256)
 
@@ -168,20 +171,21 @@ def normal(port: int) -> tuple[int, dict | None]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=chat_body(max_tokens=12),
                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=HANG_GUARD_S) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, None
 
 
-def test_fuzz_never_500_and_normal_requests_stay_correct(server):
+@pytest.mark.parametrize("n_malformed", [120, pytest.param(600, marks=pytest.mark.slow)])
+def test_fuzz_never_500_and_normal_requests_stay_correct(server, n_malformed):
     proc, port, log = server
     status, expected = normal(port)
     assert status == 200
     expected = expected["choices"][0]["message"]["content"]
     base = rss(proc.pid)
     rng = random.Random(0)
-    cases = [malformed(rng) for _ in range(N_MALFORMED)]
+    cases = [malformed(rng) for _ in range(n_malformed)]
     peak, results, normals = base, [], []
 
     def run(i):
@@ -199,7 +203,7 @@ def test_fuzz_never_500_and_normal_requests_stay_correct(server):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(run, range(len(cases))))
     statuses = [s for _, s, _ in results]
-    assert len(results) == N_MALFORMED and not [r for r in results if r[1] is None or r[1] >= 500], \
+    assert len(results) == n_malformed and not [r for r in results if r[1] is None or r[1] >= 500], \
         [r for r in results if r[1] is None or r[1] >= 500][:5]
     bad = [(k, s) for k, s, ok in results if not ok and not 400 <= s < 500]
     assert not bad, bad[:5]
