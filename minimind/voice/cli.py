@@ -27,7 +27,8 @@ class Conversation:
         from ..infer.generate import load_engine
 
         self.params = sampling_from_args(args)
-        self.gen = load_engine(args.checkpoint, args.device, args.dtype, args.quantize)
+        self.gen = load_engine(args.checkpoint, args.device, args.dtype, args.quantize,
+                               compile=getattr(args, "compile", "auto"))  # --compile comes with the sampling flags
         self.think, self.system, self.keep = args.think == "on", args.system, not args.no_history
         self.history: list[dict] = []
 
