@@ -112,17 +112,25 @@ def test_every_algorithm_trains_through_the_engine(sft, prompts, corpus, tmp_pat
     monkeypatch.setattr(rl_train, "build_reward", lambda rc, think, device: LengthReward())
     cfg = RLConfig(algo=algo, init=str(sft), data=str(prompts), rollouts=2,
                    rollout=RolloutConfig(prompts_per_rollout=2, group_size=3, max_new_tokens=10),
-                   eval_data=str(corpus / "eval" / "heldout.jsonl") if algo == "grpo" else None, eval_limit=2)
+                   eval_data=str(corpus / "eval" / "heldout.jsonl") if algo == "grpo" else None, eval_limit=2,
+                   eval_prompts=str(prompts) if algo == "grpo" else None)
     tc = TrainConfig(out_dir=str(tmp_path / algo), lr=1e-2, warmup=0, schedule="constant", dtype="fp32",
                      device="cpu", progress=False, log_every=1)
     m = train_rl(cfg, tc)
     assert {"loss", "kl_k3", "reward", "entropy"} <= set(m)
     if algo == "grpo":  # held-out accuracy before and after, through the engine's evaluators
         assert {"acc/add", "acc/add_before", "acc/fact", "acc/fact_before"} <= set(m)
+        # the run's own reward on held-out prompts: fixed seeds, so it is a function of the model alone
+        evaluate = rl_train.heldout_reward_evaluator(load_checkpoint(sft)[1], load_rl_records(prompts),
+                                                     LengthReward(), cfg.rollout)
+        assert m["eval_reward_before"] == pytest.approx(evaluate(load_checkpoint(sft)[0])["eval_reward"])
+        assert m["eval_reward"] == pytest.approx(evaluate(load_checkpoint(tmp_path / algo)[0])["eval_reward"])
     before = load_checkpoint(sft)[0].state_dict()
     after = load_checkpoint(tmp_path / algo)[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+    if algo == "grpo":  # "before" is step 0 of the log, so `minimind plot` draws it
+        assert rows[0]["step"] == 0 and rows[0]["acc/add"] == m["acc/add_before"]
     rows = [r for r in rows if "loss" in r]  # (the final evaluation is a row of its own)
     assert len(rows) == 2 and all("zero_var_frac" in r for r in rows)
     if algo == "ppo":  # the critic trained with the policy and is saved in the resume state

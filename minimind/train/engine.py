@@ -193,7 +193,7 @@ class Trainer:
     def __init__(self, model, objective, train_loader, tokenizer, cfg: TrainConfig,
                  eval_loader=None, run_config: dict | None = None, dist_info: Dist | None = None,
                  device: torch.device | None = None, clock=time.monotonic, started_at: float | None = None,
-                 evaluators=()):
+                 evaluators=(), initial_metrics: dict | None = None):
         self.cfg = cfg
         self.dist = dist_info or Dist()
         self.device = device or pick_device(cfg.device)
@@ -204,6 +204,7 @@ class Trainer:
         # evaluators: functions model -> {metric: value}, run (on rank 0) at every evaluation, e.g.
         # held-out task accuracy during RL or greedy sample generations
         self.evaluators = list(evaluators)
+        self.initial_metrics = dict(initial_metrics or {})  # logged as step 0 of a fresh run (e.g. RL's "before")
         # every evaluation reads the same held-out batches
         self._eval_start = eval_loader.state_dict() if eval_loader is not None else None
         self.out_dir = Path(cfg.out_dir)
@@ -469,6 +470,8 @@ class Trainer:
             self.resume(resumed)
         self.log = MetricsLog(self.out_dir, cfg, self.run_config, enabled=self.dist.is_main,
                               resumed_step=self.step if resumed is not None else None)
+        if resumed is None and self.initial_metrics:
+            self.log.log(0, self.initial_metrics)
         if self.dist.is_main and cfg.progress:
             plan = (f"up to {self.total if self.total < NO_CAP else 'as many'} steps within "
                     f"{cfg.time_budget:g} s" if self.budget else f"{self.total} steps")

@@ -1,4 +1,5 @@
-"""`minimind plot RUN_DIR`: training loss, eval loss and learning rate from metrics.jsonl to a PNG."""
+"""`minimind plot RUN_DIR [RUN_DIR...]`: a run's curves from metrics.jsonl to a PNG - training and eval
+loss, learning rate, and for RL runs reward, KL and held-out accuracy; several runs overlaid."""
 
 from __future__ import annotations
 
@@ -22,7 +23,20 @@ def read_metrics(run_dir) -> list[dict]:
     return rows
 
 
-def plot_run(run_dir, out=None) -> Path:
+# panels after loss and lr, drawn when a run logged them (RL runs do): (metric, axis label)
+EXTRA_PANELS = [("reward", "rollout reward"), ("kl_k3", "KL to the reference (k3)"),
+                ("eval_reward", "held-out reward")]
+
+
+def panels_for(rows: list[dict]) -> list[str]:
+    """The metrics to draw, one panel each: loss and lr always, the rest when some row has them."""
+    extra = [m for m, _ in EXTRA_PANELS if any(m in r for r in rows)]
+    return ["loss", "lr"] + extra + sorted({k for r in rows for k in r if k.startswith("acc/")})
+
+
+def plot_run(run_dirs, out=None) -> Path:
+    """One PNG: loss (+ eval loss), lr, and for RL runs reward, KL and held-out accuracy per family;
+    several run directories are overlaid, one colour each."""
     try:
         import matplotlib
     except ImportError:
@@ -30,21 +44,38 @@ def plot_run(run_dir, out=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
-    train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_loss" in r]
-    if not train:
-        raise UserError(f"{run_dir}/metrics.jsonl has no training steps yet")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    if evals:
-        ax1.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
-    ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:orange")
-    ax2.set_xlabel("step"), ax2.set_ylabel("learning rate"), ax2.grid(alpha=0.3)
-    fig.suptitle(str(run_dir))
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    runs = {str(d): read_metrics(d) for d in run_dirs}
+    for d, rows in runs.items():
+        if not any("loss" in r for r in rows):
+            raise UserError(f"{d}/metrics.jsonl has no training steps yet")
+    panels = panels_for([r for rows in runs.values() for r in rows])
+    families = [p for p in panels if p.startswith("acc/")]
+    cols = min(len(panels), 3)
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(5.5 * cols, 4 * -(-len(panels) // cols)),
+                             squeeze=False)
+    labels = {"loss": "loss", "lr": "learning rate", **dict(EXTRA_PANELS),
+              **{f: f"held-out accuracy: {f[4:]}" for f in families}}
+    for i, (d, rows) in enumerate(runs.items()):
+        colour, name = f"C{i}", Path(d).name
+        for ax, metric in zip(axes.flat, panels):
+            pts = [(r["step"], r[metric]) for r in rows if metric in r]
+            if metric == "loss":
+                ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+                if ev:
+                    ax.plot(*zip(*ev), "o--", color=colour, label=f"{name} eval")
+            if pts:
+                ax.plot(*zip(*pts), "o-" if metric.startswith(("acc/", "eval_")) else "-", color=colour,
+                        label=name if metric != "loss" or len(runs) > 1 else "train loss")
+    for ax, metric in zip(axes.flat, panels):
+        ax.set_xlabel("step"), ax.set_ylabel(labels[metric]), ax.grid(alpha=0.3)
+        if metric == "loss" or len(runs) > 1:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(", ".join(Path(d).name for d in runs) if len(runs) > 1 else str(run_dirs[0]))
     fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "curves.png"
+    out = Path(out) if out else Path(run_dirs[0]) / "curves.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
@@ -56,7 +87,11 @@ def cmd_plot(args):
 
 
 def add_commands(sub) -> None:
-    s = sub.add_parser("plot", help="draw loss and lr curves of a run to a PNG")
-    s.add_argument("run_dir")
-    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    s = sub.add_parser("plot", help="draw a run's curves to a PNG (several runs: overlaid)",
+                       description="Loss (and eval loss) and learning rate from RUN_DIR/metrics.jsonl; RL runs "
+                                   "also get rollout reward, KL to the reference, held-out reward and "
+                                   "held-out accuracy per family. Several run directories are overlaid, "
+                                   "e.g. to compare RL algorithms.")
+    s.add_argument("run_dir", nargs="+", help="run directories (each with a metrics.jsonl)")
+    s.add_argument("--out", help="PNG path (default FIRST_RUN_DIR/curves.png)")
     s.set_defaults(func=cmd_plot)

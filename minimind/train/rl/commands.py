@@ -55,7 +55,7 @@ def cmd_rl(args):
                             args.external_reward_model, args.external_weight, args.trust_remote_code),
         beta=args.beta, eps_low=args.eps_low, eps_high=args.eps_high, level=args.level, gamma=args.gamma,
         lam=args.lam, value_coef=args.value_coef, rollouts=args.rollouts, eval_data=args.eval_data,
-        eval_limit=args.eval_limit, on_bad_record=args.on_bad_record)
+        eval_limit=args.eval_limit, eval_prompts=args.eval_prompts, on_bad_record=args.on_bad_record)
     train = TrainConfig(
         out_dir=args.out, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, dtype=args.dtype, device=args.device,
@@ -82,6 +82,8 @@ def add_rl_command(sub, algo: str) -> None:
     p.add_argument("--out", required=True, help="run directory: checkpoint/, metrics.jsonl")
     p.add_argument("--eval-data", help="held-out tasks JSONL (eval/heldout.jsonl): accuracy before and after")
     p.add_argument("--eval-limit", type=int, default=None, help="at most this many held-out records per family")
+    p.add_argument("--eval-prompts", help="held-out RL prompts JSONL (the --data format): the run's own reward "
+                                          "of one reply per prompt (fixed seeds), before and at every evaluation")
     r = p.add_argument_group("rollouts")
     r.add_argument("--rollouts", type=int, default=50, help="rollouts to train on (default 50)")
     r.add_argument("--prompts-per-rollout", type=int, default=8, help="prompts per rollout, per process (default 8)")

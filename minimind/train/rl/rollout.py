@@ -90,6 +90,29 @@ def _all_reduce_sum(x: float, device) -> float:
     return x
 
 
+def sample_and_score(records: list[dict], tok, generate, reward, group: int, temperature: float,
+                     max_new_tokens: int, seed: int, think: bool) -> dict:
+    """`group` responses to each record (sample i seeded seed + i), parsed and scored by `reward`."""
+    from ...infer.parse import parse_assistant
+    from ...tokenizer import render_chat
+
+    prompts = [render_chat(tok, r["conversations"], add_generation_prompt=True, open_thinking=think)[0]
+               for r in records for _ in range(group)]
+    suppress = () if think else tuple(i for i in (tok.think_id, tok.end_think_id) if i is not None)
+    t0 = time.perf_counter()
+    outs = generate(prompts, temperature, max_new_tokens, [seed + i for i in range(len(prompts))], suppress)
+    gen_s = time.perf_counter() - t0
+    stop = {tok.eos_id, tok.eot_id}
+    replies = []
+    for tokens, finish in outs:
+        text = tok.decode([t for t in tokens if t not in stop])
+        replies.append({**parse_assistant(text, open_thinking=think), "finish_reason": finish})
+    recs = [r for r in records for _ in range(group)]
+    rewards, parts = reward.score(recs, replies)
+    return {"records": recs, "prompts": prompts, "responses": [t for t, _ in outs], "replies": replies,
+            "rewards": rewards, "parts": parts, "gen_s": gen_s, "gen_tokens": sum(len(t) for t, _ in outs)}
+
+
 class RolloutSource:
     """An iterator of RL micro-batches for the training engine (see the module docstring)."""
 
@@ -146,29 +169,10 @@ class RolloutSource:
     # ------------------------------------------------------------------ sampling and scoring
     def sample(self, records: list[dict], round_: int) -> dict:
         """G responses to each record, parsed and scored."""
-        from ...infer.parse import parse_assistant
-        from ...tokenizer import render_chat
-
-        think = self.cfg.think
-        prompts = [render_chat(self.tok, r["conversations"], add_generation_prompt=True, open_thinking=think)[0]
-                   for r in records for _ in range(self.group)]
         base = (self.seed * 1_000_003 + self.rollouts * 10_007 + round_ * 101 + self.rank) * 1000
-        seeds = [base + i for i in range(len(prompts))]
-        suppress = () if think else tuple(i for i in (self.tok.think_id, self.tok.end_think_id) if i is not None)
-        t0 = time.perf_counter()
         self.policy.eval()
-        outs = self.generate(prompts, self.cfg.temperature, self.cfg.max_new_tokens, seeds, suppress)
-        gen_s = time.perf_counter() - t0
-        stop = {self.tok.eos_id, self.tok.eot_id}
-        replies = []
-        for tokens, finish in outs:
-            text = self.tok.decode([t for t in tokens if t not in stop])
-            replies.append({**parse_assistant(text, open_thinking=think), "finish_reason": finish})
-        recs = [r for r in records for _ in range(self.group)]
-        rewards, parts = self.reward.score(recs, replies)
-        return {"records": recs, "prompts": prompts, "responses": [t for t, _ in outs], "replies": replies,
-                "rewards": rewards, "parts": parts, "gen_s": gen_s,
-                "gen_tokens": sum(len(t) for t, _ in outs)}
+        return sample_and_score(records, self.tok, self.generate, self.reward, self.group, self.cfg.temperature,
+                                self.cfg.max_new_tokens, base, self.cfg.think)
 
     def collect(self) -> tuple[dict, dict]:
         """Sample P groups with signal (dynamic sampling) -> (kept samples, stats)."""

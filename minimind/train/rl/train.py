@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...errors import UserError
 import time
 
+from ...errors import UserError
 from ...runtime import Dist, freeze, join_process_group, pick_dtype, process_device, seed_everything
 from .objectives import ALGORITHMS
 from .rollout import RolloutConfig, RolloutSource, load_rl_records
@@ -50,6 +50,7 @@ class RLConfig:
     rollouts: int = 50  # how many rollouts to train on (optimizer steps = rollouts x ppo_epochs x minibatches)
     eval_data: str | None = None  # held-out tasks JSONL: accuracy before and after
     eval_limit: int | None = None
+    eval_prompts: str | None = None  # held-out RL prompts: the run's own reward on them before and after
     on_bad_record: str = "error"
 
 
@@ -105,6 +106,10 @@ def engine_sampler(model, tok):
     return generate
 
 
+def _name(metric: str) -> str:
+    return metric[4:] if metric.startswith("acc/") else metric
+
+
 def heldout_evaluator(tok, path, limit, think: bool):
     """model -> {"acc/<family>": accuracy} on a held-out tasks file (read once)."""
     from ...eval.tasks import evaluate_tasks, load_heldout
@@ -114,6 +119,22 @@ def heldout_evaluator(tok, path, limit, think: bool):
     def evaluate(model) -> dict:
         res = evaluate_tasks(model, tok, records, think=think)
         return {f"acc/{k}": v["accuracy"] for k, v in res["families"].items()}
+
+    return evaluate
+
+
+def heldout_reward_evaluator(tok, records: list[dict], reward, rollout: RolloutConfig):
+    """model -> {"eval_reward": mean reward of one reply per held-out prompt}. The seeds are fixed, so
+    two evaluations differ only by the model."""
+    from .rollout import sample_and_score
+
+    def evaluate(model) -> dict:
+        was = model.training
+        model.eval()
+        s = sample_and_score(records, tok, engine_sampler(model, tok), reward, 1, rollout.temperature,
+                             rollout.max_new_tokens, seed=424_242_000, think=rollout.think)
+        model.train(was)
+        return {"eval_reward": sum(s["rewards"]) / len(s["rewards"])}
 
     return evaluate
 
@@ -147,21 +168,27 @@ def train_rl(cfg: RLConfig, train) -> dict:
         evaluators, before = [], {}
         if cfg.eval_data:
             evaluators.append(heldout_evaluator(tok, cfg.eval_data, cfg.eval_limit, rollout.think))
-            if d.is_main and not (train.resume or train.resume_from):
-                before = evaluators[0](policy)
-                print("held-out accuracy before: " + ", ".join(f"{k[4:]} {v:.1%}" for k, v in before.items()))
+        if cfg.eval_prompts:
+            held = load_rl_records(cfg.eval_prompts, cfg.on_bad_record, need_gt=reward.needs_gt())
+            evaluators.append(heldout_reward_evaluator(tok, held, reward, rollout))
+        if evaluators and d.is_main and not (train.resume or train.resume_from):
+            for evaluate in evaluators:
+                before.update(evaluate(policy))
+            print("held-out before: " + ", ".join(f"{_name(k)} {v:.1%}" if k.startswith("acc/") else
+                                                  f"{_name(k)} {v:.4f}" for k, v in before.items()))
         run_config = {"stage": cfg.algo, "model": policy.config.to_dict(), "data": cfg.data, "argv": sys.argv[1:]}
         if d.is_main and train.progress:
             print(f"{cfg.algo}: {len(records)} prompts, {cfg.rollouts} rollouts x {rollout.prompts_per_rollout} "
                   f"prompts x {rollout.group_size if objective.uses_groups else 1} samples, "
                   f"{train.steps} optimizer steps, lr {train.lr:g} -> {train.out_dir}")
         trainer = Trainer(policy, objective, source, tok, train, run_config=run_config, dist_info=d, device=device,
-                          started_at=started, evaluators=evaluators)
+                          started_at=started, evaluators=evaluators, initial_metrics=before)
         final = trainer.fit()
         if before:
             final.update({f"{k}_before": v for k, v in before.items()})
-            print("held-out accuracy: " + ", ".join(f"{k[4:]} {before[k]:.1%} -> {final[k]:.1%}"
-                                                    for k in before if k in final))
+            print("held-out: " + ", ".join(f"{_name(k)} {before[k]:.1%} -> {final[k]:.1%}" if k.startswith("acc/")
+                                           else f"{_name(k)} {before[k]:.4f} -> {final[k]:.4f}"
+                                           for k in before if k in final))
         return final
     finally:
         import torch.distributed as dist
