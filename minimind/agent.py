@@ -1,9 +1,14 @@
 """The agent loop: the model answers, calls tools, reads their results and answers again.
 
-Used by everything that lets the model use tools - held-out evaluation, the tool benchmark and
-agentic RL - over any batch of conversations at once (one generation call per round for all of
-them). A conversation runs until the model answers without a tool call, or `max_rounds` tool
-rounds have been used, or it runs out of tokens.
+Used by everything that lets the model use tools - the tool benchmark (eval/tools.py) and agentic
+RL (train/rl/rollout.py with `--agent`) - over any batch of conversations at once (one generation
+call per round for all of them). A conversation runs until the model answers without a tool call,
+or `max_rounds` tool rounds have been used, or it runs out of tokens. Every call of one turn runs
+(parallel calls), each answered by its own `tool` message, in order.
+
+Generation comes in as a callable (`Sampler`, e.g. train/rl/train.py `engine_sampler`), so this
+loop never depends on how tokens are produced. Tools run through `execute(call) -> str`; by
+default the built-in tool set (minimind.tools), limited to the tools the conversation offers.
 
 Token-exact. The trajectory's token ids are never re-tokenized: each round appends exactly the
 tokens the model sampled (ending with its <|im_end|>), then the rendered tokens of what comes next
@@ -30,6 +35,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import tools as toolset
 from .infer.parse import parse_assistant
 from .tokenizer import render_chat
 
@@ -49,18 +55,40 @@ class Trajectory:
     bad_calls: int = 0  # calls of unknown tools or with arguments that failed
     finish: str = ""  # "stop": answered; "length": ran out of tokens; "rounds": still calling tools
     reply: dict = field(default_factory=dict)  # the last assistant message, parsed
+    given: int = 0  # how many of `messages` were given (the prompt); the rest the loop added
 
     @property
     def done(self) -> bool:
         return bool(self.finish)
 
+    @property
+    def offered(self) -> list[str]:
+        """Names of the tools this conversation offers."""
+        return [t.get("function", t).get("name") for t in self.tools or []]
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        """Every call the model made, in order."""
+        return [c for m in self.messages[self.given:] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+
+
+def offered_tools(messages: list[dict], tools: list | str | None = None) -> list | None:
+    """The tools a conversation offers: `tools`, or else the JSON list on its system message (the
+    public data format), as a list of OpenAI tool schemas."""
+    source = tools if tools else (messages[0].get("tools") if messages and messages[0]["role"] == "system" else None)
+    if isinstance(source, str):
+        source = json.loads(source)
+    return list(source) if source else None
+
 
 def start(tok, messages: list[dict], tools: list | None = None, think: bool = False) -> Trajectory:
-    """A trajectory holding the rendered prompt, ready for the model's first turn."""
+    """A trajectory holding the rendered prompt, ready for the model's first turn. The tools are
+    `tools` or those on the system message (see `offered_tools`)."""
     ids, _ = render_chat(tok, messages, tools=tools, add_generation_prompt=True, open_thinking=think)
     opening = _think_opening(tok, think)
     sft = [0] * (len(ids) - len(opening)) + [1] * len(opening)  # SFT trains the think opening too
-    return Trajectory(list(messages), list(ids), [0] * len(ids), sft, tools)
+    return Trajectory(list(messages), list(ids), [0] * len(ids), sft, offered_tools(messages, tools),
+                      given=len(messages))
 
 
 def _think_opening(tok, think: bool) -> list[int]:
@@ -79,7 +107,7 @@ def _continuation(tok, tool_messages: list[dict], think: bool) -> tuple[list[int
     return tok.encode("\n") + ids, len(_think_opening(tok, think))
 
 
-def step(tok, traj: Trajectory, tokens: list[int], finish: str, execute: Callable[[dict], str],
+def step(tok, traj: Trajectory, tokens: list[int], finish: str, execute: Callable[[dict], str] | None,
          max_rounds: int, think: bool) -> None:
     """Append one model turn; run its tool calls (if rounds are left) and append their results."""
     stop = {tok.eos_id, tok.eot_id}
@@ -105,7 +133,7 @@ def step(tok, traj: Trajectory, tokens: list[int], finish: str, execute: Callabl
         return
     results = []
     for call in reply["tool_calls"]:
-        out = execute(call)
+        out = execute(call) if execute is not None else toolset.execute(call, offered=traj.offered)
         traj.calls += 1
         traj.bad_calls += out.startswith("error")
         results.append({"role": "tool", "content": out})
@@ -117,10 +145,12 @@ def step(tok, traj: Trajectory, tokens: list[int], finish: str, execute: Callabl
     traj.sft_mask += [0] * (len(cont) - opening) + [1] * opening
 
 
-def run_agents(generate: Sampler, tok, trajectories: list[Trajectory], execute: Callable[[dict], str],
+def run_agents(generate: Sampler, tok, trajectories: list[Trajectory], execute: Callable[[dict], str] | None = None,
                max_rounds: int = 2, temperature: float = 0.0, max_new_tokens: int = 96, seeds=None,
                think: bool = False, suppress_ids=(), max_len: int | None = None) -> list[Trajectory]:
-    """Run every trajectory to its end; one generation call per round for all that are still going."""
+    """Run every trajectory to its end; one generation call per round for all that are still going.
+
+    `execute(call) -> str` answers a call; None: the built-in tools, only those each conversation offers."""
     seeds = list(seeds) if seeds is not None else [0] * len(trajectories)
     for round_ in range(max_rounds + 1):
         live = [i for i, t in enumerate(trajectories) if not t.done]
@@ -138,23 +168,18 @@ def run_agents(generate: Sampler, tok, trajectories: list[Trajectory], execute: 
 
 
 def call_is_valid(call: dict, tools: list | None) -> bool:
-    """A parsed call names an offered tool and its arguments satisfy that tool's required fields/types."""
-    for t in tools or []:
-        fn = t.get("function", t)
-        if fn.get("name") != call.get("name"):
-            continue
-        params = fn.get("parameters") or {}
-        args = call.get("arguments") or {}
-        if any(k not in args for k in params.get("required", [])):
-            return False
-        types = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "object": dict,
-                 "array": list}
-        for k, v in args.items():
-            spec = (params.get("properties") or {}).get(k)
-            if spec is None or ("type" in spec and not isinstance(v, types.get(spec["type"], object))):
-                return False
-        return True
-    return False
+    """A parsed call names an offered tool and its arguments satisfy that tool's offered schema.
+
+    The built-in tool set checks it (tools.check); offered schemas that are not the built-in ones
+    (a user's own tools) get a registry of their own for the check."""
+    tools = tools or []
+    names = [t.get("function", t).get("name") for t in tools]
+    if all(n in toolset.REGISTRY and toolset.schemas([n])[0] == t for n, t in zip(names, tools)):
+        return toolset.check(call, offered=names) is None
+    registry = toolset.ToolRegistry()
+    for name, schema in zip(names, tools):
+        registry.register(name, lambda **kw: "", schema, replace=True)
+    return registry.check(call) is None
 
 
 def describe(traj: Trajectory) -> str:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from minimind import tools
 from minimind.data.synth import synth_corpus
+from minimind.data.synth_tools import TOOL_NAMES
 from minimind.errors import UserError
 
 TRAIN_FILES = ["pretrain", "sft", "reason", "dpo", "rlaif", "agent_rl", "lora_identity",
                "lora_domain", "mcq"]
-EVAL_FILES = ["heldout", "heldout_dpo", "heldout_mcq", "heldout_lora_identity", "heldout_pretrain"]
+EVAL_FILES = ["heldout", "heldout_dpo", "heldout_mcq", "heldout_lora_identity", "heldout_pretrain", "tools_heldout"]
 ROLES = {"system", "user", "assistant", "tool"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # "a + b", "a+b", "a plus b", "a 加 b", "add a and b", "a 与 b": only the first number is consumed,
@@ -80,16 +82,18 @@ def _check_messages(msgs, where):
             assert i == 0, f"{where}: system message not first"
         if "tools" in m:
             assert m["role"] == "system", where
-            tools = json.loads(m["tools"])
-            fn = tools[0]["function"]
-            assert tools[0]["type"] == "function" and fn["name"] == "calculator", where
-            assert fn["parameters"]["properties"]["expression"]["type"] == "string", where
+            offered = json.loads(m["tools"])
+            assert 1 <= len(offered) <= 3, where
+            for t in offered:  # the schemas are exactly those of the tool set
+                assert t == tools.schemas([t["function"]["name"]])[0], where
         if "tool_calls" in m:
             assert m["role"] == "assistant" and m["content"] == "", where
             calls = json.loads(m["tool_calls"])
-            assert [c["name"] for c in calls] == ["calculator"], where
-            assert isinstance(calls[0]["arguments"]["expression"], str), where
-            assert msgs[i + 1]["role"] == "tool", f"{where}: a tool call must be followed by its result"
+            names = {t["function"]["name"] for t in json.loads(msgs[0]["tools"])}
+            for c in calls:  # every call is valid for the offered schemas
+                assert tools.check(c, offered=names) is None, (where, c)
+            assert [x["role"] for x in msgs[i + 1:i + 1 + len(calls)]] == ["tool"] * len(calls), \
+                f"{where}: a tool call must be followed by its result"
         if "reasoning_content" in m:
             assert m["role"] == "assistant" and m["reasoning_content"].strip(), where
     # after an optional system prompt, user and assistant alternate (tool results sit inside)
@@ -132,7 +136,9 @@ def test_other_formats(synth):
     for r in recs["agent_rl"]:
         assert [m["role"] for m in r["conversations"]] == ["system", "user"]
         _check_messages(r["conversations"], "agent_rl")
-        assert "tools" in r["conversations"][0] and r["gt"].isdigit()
+        assert "tools" in r["conversations"][0] and r["gt"].strip() and r["tool"] in TOOL_NAMES
+        offered = [t["function"]["name"] for t in json.loads(r["conversations"][0]["tools"])]
+        assert r["tool"] in offered
     for name in ("mcq", "heldout_mcq"):
         for r in recs[name]:
             assert set(r) == {"question", "choices", "answer", "family"}
@@ -155,8 +161,9 @@ def test_heldout_families_and_answers(synth):
             assert 10 <= a <= 99 and 10 <= b <= 99 and r["answer"] == str(a + b)
             assert str(a) in r["conversations"][-1]["content"]
         if r["family"] == "tool":
-            x, y = map(int, r["expression"].split("*"))
-            assert r["answer"] == str(x * y)
+            assert _states(r["call"]["name"], tools.execute(r["call"]), r["answer"])
+            # only the needed tool: short prompts for evaluations on small contexts
+            assert [t["function"]["name"] for t in json.loads(r["conversations"][0]["tools"])] == [r["tool"]]
         if r["family"] == "identity":
             assert r["answer"] == "MiniMind"
         question = r["conversations"][-1]["content"]
@@ -171,6 +178,10 @@ def test_full_size_has_enough_heldout_records(tmp_path):
     per = {f: sum(r["family"] == f for r in recs) for f in ("fact", "add", "identity", "tool")}
     assert 200 <= len(recs) <= 400
     assert per["fact"] >= 100 and per["add"] >= 100 and per["identity"] > 0 and per["tool"] > 0
+    held = _read(tmp_path / "eval" / "tools_heldout.jsonl")
+    per_tool = Counter(r["tool"] for r in held)
+    assert set(per_tool) == set(TOOL_NAMES) and min(per_tool.values()) >= 24, per_tool
+    assert per_tool["lookup"] >= 80  # both languages of the held-out facts
 
 
 # ----------------------------------------------------------------------------- determinism, size
@@ -252,19 +263,37 @@ def test_sums_and_tool_results_are_correct(synth):
             assert wrong_sum != miscopied, r
             kinds[wrong_sum] += 1
     assert min(kinds.values()) > 0.3 * sum(kinds.values())  # both kinds of mistake, about half each
-    calls = 0
+    calls = Counter()
     for r in recs["sft"]:
         msgs = r["conversations"]
         for i, m in enumerate(msgs):
             if "tool_calls" in m:
-                expr = json.loads(m["tool_calls"])[0]["arguments"]["expression"]
-                x, op, y = re.fullmatch(r"(\d+)([*+])(\d+)", expr).groups()
-                want = str(int(x) * int(y) if op == "*" else int(x) + int(y))
-                assert msgs[i + 1]["content"] == want
-                assert want in msgs[i + 2]["content"] and msgs[i + 2]["role"] == "assistant"
-                assert x in msgs[1]["content"] and y in msgs[1]["content"]  # the user asked for it
-                calls += 1
-    assert calls > 20
+                batch = json.loads(m["tool_calls"])
+                final = msgs[i + 1 + len(batch)]
+                assert final["role"] == "assistant" and not final.get("tool_calls")
+                for k, call in enumerate(batch):
+                    result = msgs[i + 1 + k]["content"]
+                    assert result == tools.execute(call)  # the real tool's answer
+                    assert _states(call["name"], result, final["content"]), (result, final["content"])
+                    question, args = msgs[i - 1]["content"].lower(), call["arguments"]
+                    if call["name"] == "calculator":
+                        copied = re.findall(r"\d+", args["expression"])
+                    elif call["name"] == "lookup":
+                        copied = [args["subject"]]
+                    else:
+                        copied = [v for k, v in args.items() if k != "unit"]
+                    for v in copied:  # the arguments are copied from the question
+                        assert str(v).lower() in question, (call, question)
+                    calls[call["name"]] += 1
+    assert set(calls) == set(TOOL_NAMES) and min(calls.values()) > 5, calls
+
+
+def _states(tool, result, text):
+    """Whether `text` states the key part of a tool's `result` (this test's own reading of the results)."""
+    pattern = {"unit_converter": r"= (-?[\d.e+-]+) ", "exchange_rate": r"= ([\d.e+]+) ",
+               "current_time": r"(\d\d:\d\d)", "weather": r"(-?[\d.]+) °[CF]"}.get(tool)
+    key = result if pattern is None else re.search(pattern, result).group(1)
+    return key is not None and key in text
 
 
 def test_sft_mix(synth):
@@ -345,3 +374,52 @@ def test_rule4_heldout_pretrain_documents_are_new(synth):
     blob = "\n\x00\n".join(r["text"] for r in synth["recs"]["pretrain"])
     assert len(held) >= 10
     assert not [t for t in held if t in blob]
+
+
+def _call_key(call):
+    """What makes a tool task held out, read from a call: the same key whichever language asked."""
+    from minimind.tools.mocks import CITIES
+
+    name, a = call["name"], call["arguments"]
+    city = {c[1]: c[0] for c in CITIES}
+    if name == "calculator":
+        return name, tuple(sorted(map(int, re.findall(r"\d+", a["expression"]))))
+    if name == "lookup":
+        return name, tools.lookup(a["subject"], a["relation"]), a["relation"], a["subject"].lower()
+    if name in ("current_time", "weather"):
+        where = a.get("timezone") or a["city"]
+        return name, city.get(where, where)
+    if name == "unit_converter":
+        return name, tools.unit_converter(a["value"], a["from_unit"], a["to_unit"])
+    return name, tools.exchange_rate(a["base"], a["quote"], a["amount"])
+
+
+def test_rule5_heldout_tool_tasks_never_in_training(synth):
+    """No held-out tool task (its operands, fact, city, conversion or exchange) is called or asked in training."""
+    recs = synth["recs"]
+    held = recs["tools_heldout"]
+    assert set(TOOL_NAMES) == {schema["function"]["name"] for _, schema in tools.BUILTINS}  # every built-in tool
+    assert {r["tool"] for r in held} == set(TOOL_NAMES)
+    held_keys = {_call_key(r["call"]) for r in held}
+    assert {(x["tool"], _call_key(x["call"])) for x in recs["heldout"] if x["family"] == "tool"} \
+        <= {(r["tool"], _call_key(r["call"])) for r in held}
+    # the corpus-wide splits: held-out facts for lookup, held-out operand pairs for the calculator
+    m = synth["manifest"]["heldout"]
+    assert {k[1] for k in held_keys if k[0] == "calculator"} == {tuple(p) for p in m["tool_pairs"]}
+    facts = {f"{r['call']['arguments']['relation']}:" for r in held if r["tool"] == "lookup"}
+    assert facts <= {f.split(":")[0] + ":" for f in m["facts"]}
+    train_keys = Counter()
+    for name in TRAIN_FILES:
+        for r in recs[name]:
+            for msg in r.get("conversations") or []:
+                for call in json.loads(msg.get("tool_calls") or "[]"):
+                    key = _call_key(call)
+                    assert key not in held_keys, (name, call)
+                    train_keys[key[0]] += 1
+    assert set(train_keys) == set(TOOL_NAMES)  # the scan does see every tool's training calls
+    blob = synth["train_blob"]
+    leaked = [r["conversations"][-1]["content"] for r in held if r["conversations"][-1]["content"] in blob]
+    assert not leaked, leaked[:5]
+    # RL prompts hold no held-out question either, and their gt is what the tool answers
+    for r in recs["agent_rl"]:
+        assert r["conversations"][-1]["content"] not in {h["conversations"][-1]["content"] for h in held}

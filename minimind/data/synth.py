@@ -6,12 +6,13 @@ planets, chemical elements, animals, inventions) and simple arithmetic it writes
 MiniMind JSONL formats:
 
     pretrain.jsonl            {"text"}: encyclopedic paragraphs, stories, worked arithmetic
-    sft.jsonl                 {"conversations"}: identity, fact QA, addition, calculator tool
-                              calls, stories, multi-turn; ~15% with reasoning_content
+    sft.jsonl                 {"conversations"}: identity, fact QA, addition, tool calls (every
+                              tool of minimind/tools, synth_tools.py), stories, multi-turn;
+                              ~15% with reasoning_content
     reason.jsonl              every assistant turn has reasoning_content (distillation)
     dpo.jsonl                 {"chosen", "rejected"}: a correct answer and a typical mistake
     rlaif.jsonl               {"conversations", "gt"}: prompts with a verifiable answer
-    agent_rl.jsonl            {"conversations", "gt"}: calculator tasks for agentic RL
+    agent_rl.jsonl            {"conversations", "gt", "tool"}: tool tasks for agentic RL
     lora_identity.jsonl       a new identity ("Lumen") mixed with ordinary QA
     lora_domain.jsonl         astronomy QA about the planets
     mcq.jsonl                 {"question", "choices", "answer", "family"}
@@ -35,7 +36,8 @@ seed only (not on `size`):
 * held-out facts (about a quarter of each relation): stated in pretraining text, but never asked
   about in any training file; `eval/heldout.jsonl` family "fact" asks about them;
 * held-out two-digit addition pairs: in no training file at all, in either order or any form;
-* held-out calculator tasks and held-out phrasings of "who are you?".
+* held-out tasks of every tool (synth_tools.py; eval/tools_heldout.jsonl, a part of them in
+  eval/heldout.jsonl family "tool") and held-out phrasings of "who are you?".
 
 Everything is deterministic: the same seed and size give byte-identical files.
 Eval answers are short strings ("Paris", "71"); match them as whole words/numbers.
@@ -502,18 +504,6 @@ SYSTEM_EN = ["You are MiniMind, a helpful assistant.", "You are a helpful assist
              "You are MiniMind. Answer the user's questions clearly and correctly."]
 SYSTEM_ZH = ["你是MiniMind，一个乐于助人的助手。", "你是一个有帮助的助手，请简洁地回答。",
              "你是MiniMind，请清楚、准确地回答用户的问题。"]
-TOOL_SYSTEM = ("You are MiniMind, a helpful assistant. You can call tools when they help.",
-               "你是MiniMind，一个乐于助人的助手，必要时可以调用工具。")
-# no digits in the schema: every tool conversation repeats it, and numbers here would leak
-CALCULATOR = [{"type": "function", "function": {
-    "name": "calculator",
-    "description": "Evaluate an arithmetic expression (+, -, *, /) and return the result.",
-    "parameters": {"type": "object",
-                   "properties": {"expression": {"type": "string",
-                                                 "description": "The expression to evaluate."}},
-                   "required": ["expression"]}}}]
-TOOLS_JSON = json.dumps(CALCULATOR, ensure_ascii=False)
-
 GREETINGS = ((["Hello!", "Hi!", "Good morning!", "Hey there!"],
               ["Hello! I am MiniMind. How can I help you today?", "Hi! What would you like to know?"]),
              (["你好！", "早上好！", "嗨！", "您好！"],
@@ -542,11 +532,8 @@ def assistant(content: str, reasoning: str | None = None) -> dict:
     return msg
 
 
-def system(content: str, tools: bool = False) -> dict:
-    msg = {"role": "system", "content": content}
-    if tools:
-        msg["tools"] = TOOLS_JSON
-    return msg
+def system(content: str) -> dict:
+    return {"role": "system", "content": content}
 
 
 # ============================================================================ the held-out split
@@ -645,6 +632,15 @@ class Gen:
 
     def train_fact(self, rng: random.Random) -> Fact:
         return rng.choice(self.train_facts)
+
+    @property
+    def tool_tasks(self):
+        """Tool tasks for every tool, with their own held-out split (synth_tools.py)."""
+        if not hasattr(self, "_tool_tasks"):
+            from .synth_tools import ToolTasks
+
+            self._tool_tasks = ToolTasks(self)
+        return self._tool_tasks
 
 
 def _lang(rng: random.Random) -> str:
@@ -962,35 +958,6 @@ class Chat:
                             if lang == "en" else ["给我讲一个小故事。", "能给我讲个故事吗？", f"讲一个关于{hero}的故事。"])
         return [user(q), assistant(pre.story(lang, hero))]
 
-    def tool_task(self, rng: random.Random, pair: tuple | None = None) -> tuple[str, str, str, str]:
-        """(lang, question, expression, result) for a calculator task."""
-        lang = _lang(rng)
-        li = lang == "zh"
-        if pair is None and rng.random() < 0.2:  # big additions, also worth a tool call
-            a, b = rng.randint(100, 9999), rng.randint(100, 9999)
-            return lang, rng.choice(BIG_ADD_Q[li]).format(a=a, b=b), f"{a}+{b}", str(a + b)
-        a, b = pair or self.g.mul_pair(rng)
-        return lang, rng.choice(MUL_Q[li]).format(a=a, b=b), f"{a}*{b}", str(a * b)
-
-    def tool_convo(self, reasoning: bool = False) -> tuple[str, list[dict]]:
-        """system(tools) -> user -> assistant(tool_calls) -> tool(result) -> assistant(answer)."""
-        lang, q, expr, result = self.tool_task(self.rng)
-        li = lang == "zh"
-        op = "×" if "*" in expr else "+"
-        shown = expr.replace("*", " × ").replace("+", " + ")
-        think = None
-        if reasoning:
-            think = (f"The user wants {shown}. Doing this in my head is error-prone, so I will call the calculator."
-                     if not li else f"用户想计算{shown}。心算容易出错，所以我调用计算器。")
-        call = json.dumps([{"name": "calculator", "arguments": {"expression": expr}}], ensure_ascii=False)
-        final = f"{shown} = {result}." if not li else f"{shown} = {result}。"
-        if op == "×" and self.rng.random() < 0.5:
-            final = f"The result is {result}." if not li else f"计算结果是{result}。"
-        msgs = [system(TOOL_SYSTEM[li], tools=True), user(q),
-                {**assistant("", think), "tool_calls": call},
-                {"role": "tool", "content": result}, assistant(final)]
-        return lang, msgs
-
 
 def _with_system(rng: random.Random, lang: str, msgs: list[dict], p: float = 0.25) -> list[dict]:
     if rng.random() < p:
@@ -1008,7 +975,7 @@ def _convo(msgs: list[dict]) -> dict:
 def build_sft(g: Gen, n: int) -> list[tuple[str, dict]]:
     rng = g.rng("sft")
     chat, pre = Chat(g, rng), Pretrain(g, rng)
-    kinds = [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 10),
+    kinds = [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 20),
              ("story", 4), ("multi_turn", 14)]
     names, weights = zip(*kinds)
     out = []
@@ -1039,12 +1006,20 @@ def build_sft(g: Gen, n: int) -> list[tuple[str, dict]]:
 
 
 def _tool_or_direct(chat: Chat, rng: random.Random, think: bool) -> tuple[str, list[dict]]:
-    """Mostly calculator calls; sometimes a plain question that needs no tool despite having one."""
-    if rng.random() < 0.2:
+    """Mostly a tool call -> result -> answer (synth_tools.py), a few with two calls in one turn;
+    sometimes a question that none of the offered tools answers, answered directly."""
+    from .synth_tools import direct_answer, tool_convo
+
+    tasks = chat.g.tool_tasks
+    r = rng.random()
+    if r < 0.15:
         lang = _lang(rng)
-        qa = chat.fact_qa(lang) if rng.random() < 0.5 else chat.add_qa(lang)
-        return lang, [system(TOOL_SYSTEM[lang == "zh"], tools=True)] + qa
-    return chat.tool_convo(think)
+        fact = rng.random() < 0.5
+        qa = chat.fact_qa(lang) if fact else chat.add_qa(lang)
+        return lang, direct_answer(rng, lang, qa, "lookup" if fact else "calculator")
+    first = tasks.train(rng)
+    both = [first, tasks.train(rng, first.tool, first.lang)] if r < 0.22 else [first]  # parallel calls
+    return first.lang, tool_convo(rng, both, think)
 
 
 def _multi_turn(chat: Chat, rng: random.Random, lang: str) -> list[dict]:
@@ -1202,15 +1177,10 @@ def build_rlaif(g: Gen, n: int) -> list[tuple[str, dict]]:
 
 
 def build_agent_rl(g: Gen, n: int) -> list[tuple[str, dict]]:
-    rng = g.rng("agent_rl")
-    chat = Chat(g, rng)
-    out = []
-    for _ in range(n):
-        lang, q, expr, result = chat.tool_task(rng)
-        kind = "tool_mul" if "*" in expr else "tool_add"
-        out.append((kind, {"conversations": [system(TOOL_SYSTEM[lang == "zh"], tools=True), user(q)],
-                           "gt": result}))
-    return out
+    """Tool tasks for agentic RL: the prompt offers tools, "gt" is the short answer (synth_tools.py)."""
+    from .synth_tools import agent_rl_records
+
+    return agent_rl_records(g.tool_tasks, g.rng("agent_rl"), n)
 
 
 def build_lora_identity(g: Gen, n: int) -> list[tuple[str, dict]]:
@@ -1308,12 +1278,23 @@ def build_heldout(g: Gen, frac: float) -> list[tuple[str, dict]]:
         fam["add"].append({"family": "add", "lang": lang, "operands": [a, b],
                            "conversations": msgs, "answer": str(a + b)})
     fam["identity"] = [rec for _, rec in _identity_eval(g, "MiniMind")]
-    for pair in sorted(g.split.mul_pairs):
-        lang, q, expr, result = chat.tool_task(rng, pair)
-        fam["tool"].append({"family": "tool", "lang": lang, "expression": expr,
-                            "conversations": [system(TOOL_SYSTEM[lang == "zh"], tools=True), user(q)],
-                            "answer": result})
+    from .synth_tools import tool_system
+
+    by_tool: dict[str, list] = {}
+    for r in build_tools_heldout(g):
+        by_tool.setdefault(r["tool"], []).append(r)
+    # offering only the needed tool keeps these prompts short: other evaluations run them on small contexts
+    fam["tool"] = [{**r, "conversations": [tool_system(r["lang"], [r["tool"]]), r["conversations"][-1]]}
+                   for recs in by_tool.values() for r in rng.sample(recs, min(10, len(recs)))]
     return _subsample(rng, fam, frac, floor=12)
+
+
+def build_tools_heldout(g: Gen) -> list[dict]:
+    """Every held-out tool task, each tool's own split (synth_tools.py): eval/tools_heldout.jsonl."""
+    from .synth_tools import heldout_records
+
+    rng = g.rng("tools_heldout")
+    return heldout_records(g.tool_tasks.heldout(rng), rng)
 
 
 def _unmatchable(g: Gen, f: Fact, lang: str) -> bool:
@@ -1431,6 +1412,7 @@ def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = Tru
         "mcq": build_mcq(g, _count(1500, size, 30)),
         "eval/heldout": build_heldout(g, frac),
         "eval/heldout_dpo": build_heldout_dpo(g, frac),
+        "eval/tools_heldout": [(f"tool_{r['tool']}", r) for r in build_tools_heldout(g)],
         "eval/heldout_mcq": build_mcq(g, 0, held=True),
         "eval/heldout_lora_identity": _identity_eval(g, "Lumen"),
         "eval/heldout_pretrain": [("doc", {"text": t}) for t in held_docs],
@@ -1447,6 +1429,7 @@ def synth_corpus(out_dir, seed: int = 0, size: float = 1.0, progress: bool = Tru
         "families": families,
         "heldout": {"facts": sorted(g.split.facts), "add_pairs": sorted(map(list, g.split.add_pairs)),
                     "tool_pairs": sorted(map(list, g.split.mul_pairs)),
+                    "tools": g.tool_tasks.split_manifest(),
                     "identity_prompts": sorted(g.split.identity)},
     }
     paths["manifest"] = out / "manifest.json"

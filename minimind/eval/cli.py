@@ -101,6 +101,10 @@ def add_commands(sub) -> None:
     add_quantize_arg(s)
     s.set_defaults(func=cmd_eval_tasks)
 
+    from .tools import add_eval_tools_command
+
+    add_eval_tools_command(ev, _positive)
+
     s = ev.add_parser("ppl", help="loss, perplexity and bits per byte over a text or conversation file",
                       description="Mean loss (nats/token), perplexity and bits per byte (comparable across "
                       "tokenizers). Text records ({\"text\"}) are scored whole, each after the end-of-text "

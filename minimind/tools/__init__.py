@@ -92,11 +92,12 @@ schemas = REGISTRY.schemas
 execute = REGISTRY.execute
 execute_openai = REGISTRY.execute_openai
 check = REGISTRY.check
+names = REGISTRY.names
 run_tool_call = execute  # the name eval/tasks.py has always used
 
 __all__ = [
     "BUILTINS", "DEFAULT_MAX_CHARS", "DEFAULT_TIME_LIMIT", "REGISTRY", "Tool", "ToolError", "ToolRegistry",
     "calculator", "check", "current_time", "default_registry", "exchange_rate", "execute", "execute_openai",
-    "format_number", "lookup", "register", "run_tool_call", "schemas", "tool", "unit_converter", "unregister",
+    "format_number", "lookup", "names", "register", "run_tool_call", "schemas", "tool", "unit_converter", "unregister",
     "weather",
 ]

@@ -1,6 +1,8 @@
 """`minimind grpo | ppo | spo | cispo` (RL from AI feedback) and `minimind reward train`.
 
 The four RL commands share every flag; they differ in the objective (objectives.py has the table).
+`--agent` makes any of them agentic RL: responses are tool-using trajectories (agent.py) scored by
+the environment (reward/tools.py); the objectives do not change.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def cmd_rl(args):
     from .train import RewardConfig, RLConfig, train_rl
 
     for name in ("prompts_per_rollout", "group_size", "max_new_tokens", "rollouts", "ppo_epochs", "minibatches",
-                 "micro_batches"):
+                 "micro_batches", "max_tool_rounds"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.temperature <= 0:
@@ -50,7 +52,8 @@ def cmd_rl(args):
         algo=args.algo, init=args.init, data=args.data,
         rollout=RolloutConfig(args.prompts_per_rollout, args.group_size, args.max_new_tokens, args.temperature,
                               args.ppo_epochs, args.minibatches, args.micro_batches,
-                              not args.no_dynamic_sampling, args.max_refills, args.think == "on"),
+                              not args.no_dynamic_sampling, args.max_refills, args.think == "on",
+                              args.agent, args.max_tool_rounds),
         reward=RewardConfig(parse_rules(args.rules), args.rule_weight, args.reward_model, args.reward_model_weight,
                             args.external_reward_model, args.external_weight, args.trust_remote_code),
         beta=args.beta, eps_low=args.eps_low, eps_high=args.eps_high, level=args.level, gamma=args.gamma,
@@ -100,6 +103,12 @@ def add_rl_command(sub, algo: str) -> None:
                    help="keep groups whose rewards are all equal (they carry no signal)")
     r.add_argument("--max-refills", type=int, default=2, help="dynamic sampling: extra sampling rounds (default 2)")
     r.add_argument("--think", choices=["on", "off"], default="off", help="sample with the <think> block open")
+    r.add_argument("--agent", action="store_true",
+                   help="agentic RL: each response is a tool-using trajectory (the model calls the tools its "
+                        "prompt offers, reads their results, answers); rewarded by the environment: the answer "
+                        "states gt, calls are valid, small penalties for unfinished trajectories and wasted calls "
+                        "(replaces --rules; data: agent_rl.jsonl)")
+    r.add_argument("--max-tool-rounds", type=int, default=2, help="--agent: tool rounds per trajectory (default 2)")
     o = p.add_argument_group("objective")
     o.add_argument("--beta", type=float, default=0.02, help="KL strength (default 0.02)")
     o.add_argument("--eps-low", type=float, default=0.2, help="clip range below 1 (grpo, ppo)")

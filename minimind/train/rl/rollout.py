@@ -6,8 +6,12 @@ dry it makes a rollout with the *current* policy:
 
     1. take P prompts (this rank's shard of a seeded shuffle of the prompt file)
     2. sample G responses per prompt with the generation engine at temperature tau (G = 1 for PPO/SPO);
-       a response keeps its closing <|im_end|>, so the policy learns when to stop
-    3. score them: R = reward(record, reply) in [0, 1]
+       a response keeps its closing <|im_end|>, so the policy learns when to stop. With `agent`, a
+       response is a whole tool-using trajectory (agent.run_agents: calls, tool results, answer) and
+       its action mask keeps only the tokens the policy sampled - tool results and the template's
+       glue between turns are context, never trained
+    3. score them: R = reward(record, reply) (rules in [0, 1]; with `agent`, reward/tools.py scores
+       the trajectory, which the reply carries as reply["trajectory"])
     4. dynamic sampling (group objectives): a group whose G rewards are all equal has zero advantage
        everywhere - full cost, no signal - so it is dropped and fresh prompts are sampled in its place
        (up to `max_refills` rounds); the share of such groups is logged as zero_var_frac
@@ -54,6 +58,8 @@ class RolloutConfig:
     dynamic_sampling: bool = True
     max_refills: int = 2
     think: bool = False
+    agent: bool = False  # responses are tool-using trajectories (agent.py) instead of single replies
+    max_tool_rounds: int = 2  # agent: tool rounds per trajectory
     drift_rows: int = 8  # SPO: responses kept to measure how far the policy moved between rollouts
 
     @property
@@ -91,26 +97,49 @@ def _all_reduce_sum(x: float, device) -> float:
 
 
 def sample_and_score(records: list[dict], tok, generate, reward, group: int, temperature: float,
-                     max_new_tokens: int, seed: int, think: bool) -> dict:
-    """`group` responses to each record (sample i seeded seed + i), parsed and scored by `reward`."""
+                     max_new_tokens: int, seed: int, think: bool, agent: bool = False, max_tool_rounds: int = 2,
+                     max_len: int | None = None) -> dict:
+    """`group` responses to each record (sample i seeded seed + i), parsed and scored by `reward`.
+    agent=True: each response is a whole tool-using trajectory (agent.run_agents); its mask marks the
+    tokens the model produced (tool results are in the response but never trained)."""
     from ...infer.parse import parse_assistant
     from ...tokenizer import render_chat
 
     prompts = [render_chat(tok, r["conversations"], add_generation_prompt=True, open_thinking=think)[0]
                for r in records for _ in range(group)]
+    seeds = [seed + i for i in range(len(prompts))]
     suppress = () if think else tuple(i for i in (tok.think_id, tok.end_think_id) if i is not None)
     t0 = time.perf_counter()
-    outs = generate(prompts, temperature, max_new_tokens, [seed + i for i in range(len(prompts))], suppress)
+    if agent:
+        outs, masks, replies = _run_agents(records, tok, generate, group, temperature, max_new_tokens, seeds, think,
+                                           suppress, max_tool_rounds, max_len)
+    else:
+        outs = generate(prompts, temperature, max_new_tokens, seeds, suppress)
+        masks = [None] * len(outs)
+        stop = {tok.eos_id, tok.eot_id}
+        replies = [{**parse_assistant(tok.decode([t for t in tokens if t not in stop]), open_thinking=think),
+                    "finish_reason": finish} for tokens, finish in outs]
     gen_s = time.perf_counter() - t0
-    stop = {tok.eos_id, tok.eot_id}
-    replies = []
-    for tokens, finish in outs:
-        text = tok.decode([t for t in tokens if t not in stop])
-        replies.append({**parse_assistant(text, open_thinking=think), "finish_reason": finish})
     recs = [r for r in records for _ in range(group)]
     rewards, parts = reward.score(recs, replies)
-    return {"records": recs, "prompts": prompts, "responses": [t for t, _ in outs], "replies": replies,
-            "rewards": rewards, "parts": parts, "gen_s": gen_s, "gen_tokens": sum(len(t) for t, _ in outs)}
+    return {"records": recs, "prompts": prompts, "responses": [t for t, _ in outs], "masks": masks,
+            "replies": replies, "rewards": rewards, "parts": parts, "gen_s": gen_s,
+            "gen_tokens": sum(len(t) if m is None else sum(m) for (t, _), m in zip(outs, masks))}
+
+
+def _run_agents(records, tok, generate, group, temperature, max_new_tokens, seeds, think, suppress, max_tool_rounds,
+                max_len) -> tuple[list, list, list]:
+    """G trajectories per record -> ([(response ids, finish)], [action masks], [replies with the trajectory])."""
+    from ...agent import run_agents, start
+
+    trajs = [start(tok, r["conversations"], think=think) for r in records for _ in range(group)]
+    given = [len(t.ids) for t in trajs]
+    run_agents(generate, tok, trajs, None, max_tool_rounds, temperature, max_new_tokens, seeds, think, suppress,
+               max_len=max_len)
+    outs = [(t.ids[n:], "stop" if t.finish == "stop" else "length") for t, n in zip(trajs, given)]
+    masks = [t.action_mask[n:] for t, n in zip(trajs, given)]
+    replies = [{**t.reply, "finish_reason": o[1], "trajectory": t} for t, o in zip(trajs, outs)]
+    return outs, masks, replies
 
 
 class RolloutSource:
@@ -172,12 +201,14 @@ class RolloutSource:
         base = (self.seed * 1_000_003 + self.rollouts * 10_007 + round_ * 101 + self.rank) * 1000
         self.policy.eval()
         return sample_and_score(records, self.tok, self.generate, self.reward, self.group, self.cfg.temperature,
-                                self.cfg.max_new_tokens, base, self.cfg.think)
+                                self.cfg.max_new_tokens, base, self.cfg.think, agent=self.cfg.agent,
+                                max_tool_rounds=self.cfg.max_tool_rounds,
+                                max_len=self.policy.config.max_position_embeddings)
 
     def collect(self) -> tuple[dict, dict]:
         """Sample P groups with signal (dynamic sampling) -> (kept samples, stats)."""
         P, G = self.cfg.prompts_per_rollout, self.group
-        kept = {k: [] for k in ("records", "prompts", "responses", "replies", "rewards")}
+        kept = {k: [] for k in ("records", "prompts", "responses", "masks", "replies", "rewards")}
         kept_parts: dict[str, list] = {}
         groups = zero = gen_tokens = 0
         gen_s = 0.0
@@ -210,15 +241,18 @@ class RolloutSource:
 
     # ------------------------------------------------------------------ tensors
     def tensors(self, kept: dict) -> dict:
-        """input_ids (N, T) right-padded, mask (N, T-1) on response targets, rewards (N,)."""
+        """input_ids (N, T) right-padded, mask (N, T-1) on response targets, rewards (N,).
+
+        A response with an action mask (agent trajectories) trains only where that mask is 1."""
         rows = [p + r for p, r in zip(kept["prompts"], kept["responses"])]
         T = max(len(x) for x in rows)
         N = len(rows)
         ids = torch.full((N, T), self.tok.pad_id, dtype=torch.long)
         mask = torch.zeros((N, T - 1))
-        for i, (p, r) in enumerate(zip(kept["prompts"], kept["responses"])):
+        for i, (p, r, m) in enumerate(zip(kept["prompts"], kept["responses"], kept["masks"])):
             ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-            mask[i, len(p) - 1:len(p) - 1 + len(r)] = 1.0  # target t+1 is a response token
+            # target t+1 is a response token
+            mask[i, len(p) - 1:len(p) - 1 + len(r)] = 1.0 if m is None else torch.tensor(m, dtype=mask.dtype)
         return {"input_ids": ids, "mask": mask, "rewards": torch.tensor(kept["rewards"], dtype=torch.float32),
                 "group_size": self.group, "keys": [r["key"] for r in kept["records"]]}
 

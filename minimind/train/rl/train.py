@@ -31,6 +31,7 @@ class RewardConfig:
     external_reward_model: str | None = None  # a transformers folder
     external_weight: float = 1.0
     trust_remote_code: bool = False
+    agent: bool = False  # score tool-using trajectories (reward/tools.py) instead of the rules; set from RolloutConfig
 
 
 @dataclass
@@ -55,11 +56,17 @@ class RLConfig:
 
 
 def build_reward(rc: RewardConfig, think: bool, device):
+    """The reward mix. With `rc.agent` the environment's trajectory reward (reward/tools.py) takes the
+    place of the rules."""
     from ...reward import RewardMix
     from ...reward.rules import RuleReward
 
     sources = []
-    if rc.rules and rc.rule_weight:
+    if rc.agent and rc.rule_weight:
+        from ...reward.tools import ToolReward
+
+        sources.append((ToolReward(), rc.rule_weight))
+    elif rc.rules and rc.rule_weight:
         sources.append((RuleReward(rc.rules, think=think), rc.rule_weight))
     if rc.reward_model:
         from ...reward.model import NativeReward
@@ -132,7 +139,8 @@ def heldout_reward_evaluator(tok, records: list[dict], reward, rollout: RolloutC
         was = model.training
         model.eval()
         s = sample_and_score(records, tok, engine_sampler(model, tok), reward, 1, rollout.temperature,
-                             rollout.max_new_tokens, seed=424_242_000, think=rollout.think)
+                             rollout.max_new_tokens, seed=424_242_000, think=rollout.think, agent=rollout.agent,
+                             max_tool_rounds=rollout.max_tool_rounds, max_len=model.config.max_position_embeddings)
         model.train(was)
         return {"eval_reward": sum(s["rewards"]) / len(s["rewards"])}
 
@@ -152,7 +160,7 @@ def train_rl(cfg: RLConfig, train) -> dict:
         policy, tok = load_checkpoint(cfg.init)
         policy.train()
         ref = freeze(copy.deepcopy(policy))
-        reward = build_reward(cfg.reward, cfg.rollout.think, device)
+        reward = build_reward(dataclasses.replace(cfg.reward, agent=cfg.rollout.agent), cfg.rollout.think, device)
         records = load_rl_records(cfg.data, cfg.on_bad_record, need_gt=reward.needs_gt())
         join_process_group(d, device)
         objective = build_objective(cfg, policy.config.hidden_size)
