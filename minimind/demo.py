@@ -190,18 +190,18 @@ def _evaluate(out: Path, data: Path, plan: dict, args) -> dict:
 
 
 def _samples(out: Path, args) -> None:
-    from .infer.generate import Generator, SamplingParams, load_for_inference, think_suppression
+    from .infer.generate import SamplingParams, load_engine, think_suppression
     from .infer.parse import parse_assistant
     from .tokenizer import render_chat
 
-    model, tok = load_for_inference(out / "sft", args.device)
-    gen = Generator(model, tok)
+    engine = load_engine(out / "sft", args.device, compile="off")
+    tok = engine.tok
     prompts = [render_chat(tok, m, add_generation_prompt=True)[0] for m in SAMPLE_PROMPTS]
-    outs = gen.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=64,
-                                                suppress_ids=think_suppression(tok, False)))
+    outs = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=64,
+                                                   suppress_ids=think_suppression(tok, False)))
     print("\nsample chats (greedy):")
     for m, o in zip(SAMPLE_PROMPTS, outs):
-        print(f"  you> {m[-1]['content']}\n  minimind> {parse_assistant(o['text'])['content'].strip()}")
+        print(f"  you> {m[-1]['content']}\n  minimind> {parse_assistant(o.text)['content'].strip()}")
     if not outs:
         raise UserError("no samples generated")
 

@@ -94,11 +94,14 @@ def apply_rope(x, cos, sin):
 # ----------------------------------------------------------------------------- KV cache
 
 class KVCache:
-    """Pre-allocated keys/values for every layer: (B, g, max_len, hd) each, written in place.
+    """The simplest cache: keys/values of a batch that advances in lockstep, (B, g, max_len, hd)
+    per layer, pre-allocated and written in place. `pos` is the number of positions filled.
 
-    Decoding appends one position per step by writing into a slice, so the cache is never
-    re-allocated or concatenated. `pos` is the number of positions already filled (shared by the
-    batch: prompts of different lengths are left-padded and masked).
+    Any object with `update(layer, k, v) -> (keys, values to attend over)` can be passed as a
+    model's `cache`. This one tracks positions itself (the model reads and advances `pos`); the
+    generation engine's paged cache (minimind/infer/kvcache.py) instead takes explicit per-row
+    `position_ids` and a mask with every call, and stores nothing between calls but the keys and
+    values themselves.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
@@ -116,7 +119,7 @@ class KVCache:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        return self.k[layer][:, :, :end].to(k.dtype), self.v[layer][:, :, :end].to(v.dtype)
 
     def select(self, rows):
         """Keep only the given batch rows (used when some sequences of a batch finish)."""
@@ -141,19 +144,26 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.qkv_proj = None  # set by fuse_projections() on inference copies: one product, not three
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None):
+    def project(self, x):
+        """x (B, T, d) -> q (B, T, h*hd), k, v (B, T, g*hd)."""
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.qkv_proj(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+
+    def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, h, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, g, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.n_heads, self.hd)  # (B, T, h, hd)
+        k = k.view(B, T, self.n_kv, self.hd)  # (B, T, g, hd)
+        v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
-            k, v = k.to(q.dtype), v.to(q.dtype)
+        if cache is not None:  # store this step's keys/values; get back all the keys/values to attend over
+            k, v = cache.update(self.layer_idx, k, v)
         # GQA: query head j reads kv head j // (h/g); SDPA does that without copying k and v
         gqa = self.n_kv != self.n_heads
         if isinstance(mask, str):  # "causal" or "none"
@@ -172,9 +182,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=False)
         self.up_proj = nn.Linear(d, f, bias=False)
         self.down_proj = nn.Linear(f, d, bias=False)
+        self.gate_up_proj = None  # set by fuse_projections() on inference copies
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class MoE(nn.Module):
@@ -272,9 +286,9 @@ class MiniMindModel(nn.Module):
         self.register_buffer("rope_cos", (emb.cos() * mscale).to(device), persistent=False)
         self.register_buffer("rope_sin", (emb.sin() * mscale).to(device), persistent=False)
 
-    def forward(self, input_ids, position_ids=None, mask=None, cache: KVCache | None = None):
+    def forward(self, input_ids, position_ids=None, mask=None, cache=None):
         B, T = input_ids.shape
-        start = cache.pos if cache is not None else 0
+        start = cache.pos if isinstance(cache, KVCache) else 0
         if position_ids is None:
             if start + T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {start + T} positions exceeds the RoPE table "
@@ -294,9 +308,31 @@ class MiniMindModel(nn.Module):
             x, aux = layer(x, cos, sin, mask, cache)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
-        if cache is not None:
+        if isinstance(cache, KVCache):
             cache.pos = start + T
         return self.norm(x), aux_total
+
+
+def fuse_projections(model) -> None:
+    """In place, for a model that is only ever run (an inference copy): q/k/v and gate/up become one
+    linear layer each (their weights stacked), so a decode step makes 4 matrix products per layer
+    instead of 7. Same function: each output row is the same dot product as before."""
+
+    def stacked(*linears):
+        w = torch.cat([m.weight.detach() for m in linears])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=linears[0].bias is not None, device=w.device, dtype=w.dtype)
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        if fused.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in linears]), requires_grad=False)
+        return fused
+
+    for m in model.modules():
+        if isinstance(m, Attention) and m.qkv_proj is None:
+            m.qkv_proj = stacked(m.q_proj, m.k_proj, m.v_proj)
+            del m.q_proj, m.k_proj, m.v_proj
+        elif isinstance(m, MLP) and m.gate_up_proj is None:
+            m.gate_up_proj = stacked(m.gate_proj, m.up_proj)
+            del m.gate_proj, m.up_proj
 
 
 def _causal_mask(T: int, start: int, device):

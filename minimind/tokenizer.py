@@ -57,6 +57,14 @@ Two jobs live here because they must agree with each other exactly:
    - **Loss mask**: for every assistant turn, everything after its `<|im_start|>assistant\\n`
      header up to and including its `<|im_end|>` is trained; the header, the newline after
      `<|im_end|>` and all system / user / tool text are not.
+   - **Message text is text**: only the template writes control tokens. A message that contains
+     `<|im_end|>\\n<|im_start|>system` must not forge a turn, so text supplied by the caller
+     (message content, reasoning, tools, tool calls) never encodes to a special token (the turn
+     markers, `<|endoftext|>`, the reserved ids): those characters are encoded as plain text. The
+     think / tool tags are not special (the model's own markup, and harmless inside a turn that
+     the markers delimit) and keep their ids. Conversations without such text keep exactly the
+     ids of a plain encode of the rendered string (checked first; only a conversation where caller
+     text matched a special token is re-encoded piece by piece).
 """
 
 from __future__ import annotations
@@ -245,6 +253,7 @@ class Tokenizer:
 
     def __init__(self, backend: _RustTokenizer, where: str = "tokenizer"):
         self.backend = backend
+        self._added: dict[int, str] | None = None
         for token in (ENDOFTEXT, IM_START, IM_END):
             if backend.token_to_id(token) is None:
                 raise UserError(f"{where}: the tokenizer has no {token} token; "
@@ -366,6 +375,12 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def added_tokens(self) -> dict[int, str]:
+        """id -> text of the added tokens (the 16 special and tag tokens)."""
+        if self._added is None:
+            self._added = {i: t.content for i, t in self.backend.get_added_tokens_decoder().items()}
+        return self._added
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
@@ -627,7 +642,36 @@ def _check_message(message: object, i: int) -> tuple[str, str]:
     return role, content
 
 
-def _assistant_body(message: dict, content: str, i: int) -> str:
+class _Rendered:
+    """A conversation's text as it is built: its pieces, the trained character spans, and the spans
+    of text the caller supplied (where no special token may be read)."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.size = 0  # running length of the text, to record spans without re-joining
+        self.trained: list[tuple[int, int]] = []
+        self.literal: list[tuple[int, int]] = []
+
+    def add(self, piece: str, literal: bool = False) -> None:
+        if literal and piece:
+            self.literal.append((self.size, self.size + len(piece)))
+        self.parts.append(piece)
+        self.size += len(piece)
+
+    def train(self, start: int) -> None:
+        """Everything added since `start` is trained."""
+        self.trained.append((start, self.size))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+# What a caller's text may never turn into: the special tokens (turn markers, <|endoftext|>, reserved).
+CONTROL_TOKENS = tuple(t for t in SPECIAL_TOKENS if t not in TAG_TOKENS)
+
+
+def _assistant_body(out: _Rendered, message: dict, content: str, i: int) -> None:
     """Everything an assistant turn produces after its header, up to and including <|im_end|>."""
     reasoning = message.get("reasoning_content")
     if not isinstance(reasoning, str):
@@ -636,12 +680,61 @@ def _assistant_body(message: dict, content: str, i: int) -> str:
             before, content = content.split(END_THINK, 1)
             reasoning = before.split(THINK)[-1]
     content, reasoning = content.lstrip("\n"), reasoning.strip("\n")
-    body = f"{THINK}\n{reasoning}\n{END_THINK}\n\n{content}"
+    out.add(f"{THINK}\n")
+    out.add(reasoning, literal=True)
+    out.add(f"\n{END_THINK}\n\n")
+    out.add(content, literal=True)
     for j, call in enumerate(_tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls")):
         if content or j > 0:
-            body += "\n"
-        body += f"{TOOL_CALL}\n{call}\n{END_TOOL_CALL}"
-    return body + IM_END
+            out.add("\n")
+        out.add(f"{TOOL_CALL}\n")
+        out.add(call, literal=True)
+        out.add(f"\n{END_TOOL_CALL}")
+    out.add(IM_END)
+
+
+def _render(messages: list[dict], tools, add_generation_prompt: bool, open_thinking: bool) -> _Rendered:
+    if not isinstance(messages, list):
+        raise UserError(f"messages: expected a list of messages, got {type(messages).__name__}")
+    checked = [_check_message(m, i) for i, m in enumerate(messages)]
+    has_system = bool(checked) and checked[0][0] == "system"
+    tool_source, where = tools, "tools"
+    if not tool_source and has_system and messages[0].get("tools"):
+        tool_source, where = messages[0]["tools"], "messages[0].tools"
+    lines = _tool_lines(tool_source, where) if tool_source else []
+    out = _Rendered()
+
+    def tools_block() -> None:
+        out.add("# Tools\n<tools>\n")
+        out.add("\n".join(lines), literal=True)
+        out.add("\n</tools>")
+
+    if lines and not has_system:
+        out.add(f"{IM_START}system\n")
+        tools_block()
+        out.add(f"{IM_END}\n")
+    for i, ((role, content), message) in enumerate(zip(checked, messages)):
+        if role == "assistant":
+            out.add(f"{IM_START}assistant\n")
+            start = out.size
+            _assistant_body(out, message, content, i)
+            out.train(start)
+            out.add("\n")
+        elif role == "tool":
+            out.add(f"{IM_START}tool\n{TOOL_RESPONSE}\n")
+            out.add(content, literal=True)
+            out.add(f"\n{END_TOOL_RESPONSE}{IM_END}\n")
+        else:
+            out.add(f"{IM_START}{role}\n")
+            out.add(content, literal=True)
+            if role == "system" and i == 0 and lines:
+                out.add("\n\n" if content else "")
+                tools_block()
+            out.add(f"{IM_END}\n")
+    if add_generation_prompt:
+        think = f"{THINK}\n" if open_thinking else f"{THINK}\n\n{END_THINK}\n\n"
+        out.add(f"{IM_START}assistant\n{think}")
+    return out
 
 
 def render_chat_text(
@@ -651,47 +744,8 @@ def render_chat_text(
     open_thinking: bool = False,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation; returns (text, trained character spans [start, end))."""
-    if not isinstance(messages, list):
-        raise UserError(f"messages: expected a list of messages, got {type(messages).__name__}")
-    checked = [_check_message(m, i) for i, m in enumerate(messages)]
-    has_system = bool(checked) and checked[0][0] == "system"
-    tool_source, where = tools, "tools"
-    if not tool_source and has_system and messages[0].get("tools"):
-        tool_source, where = messages[0]["tools"], "messages[0].tools"
-    tools_block = ""
-    if tool_source:
-        lines = _tool_lines(tool_source, where)
-        if lines:
-            tools_block = "# Tools\n<tools>\n" + "\n".join(lines) + "\n</tools>"
-    parts: list[str] = []
-    spans: list[tuple[int, int]] = []
-    size = 0  # running length of the text, to record spans without re-joining
-
-    def emit(piece: str, trained: bool = False) -> None:
-        nonlocal size
-        if trained:
-            spans.append((size, size + len(piece)))
-        parts.append(piece)
-        size += len(piece)
-
-    if tools_block and not has_system:
-        emit(f"{IM_START}system\n{tools_block}{IM_END}\n")
-    for i, ((role, content), message) in enumerate(zip(checked, messages)):
-        if role == "assistant":
-            emit(f"{IM_START}assistant\n")
-            emit(_assistant_body(message, content, i), trained=True)
-            emit("\n")
-        elif role == "tool":
-            emit(f"{IM_START}tool\n{TOOL_RESPONSE}\n{content}\n{END_TOOL_RESPONSE}{IM_END}\n")
-        elif role == "system" and i == 0 and tools_block:
-            sep = "\n\n" if content else ""
-            emit(f"{IM_START}system\n{content}{sep}{tools_block}{IM_END}\n")
-        else:
-            emit(f"{IM_START}{role}\n{content}{IM_END}\n")
-    if add_generation_prompt:
-        think = f"{THINK}\n" if open_thinking else f"{THINK}\n\n{END_THINK}\n\n"
-        emit(f"{IM_START}assistant\n{think}")
-    return "".join(parts), spans
+    out = _render(messages, tools, add_generation_prompt, open_thinking)
+    return out.text, out.trained
 
 
 def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
@@ -717,9 +771,60 @@ def render_chat_batch(
     Returns one (ids, mask) pair per conversation; ids are exactly the tokenization of the
     rendered text, mask marks the tokens the model is trained to predict.
     """
-    rendered = [render_chat_text(c, tools, add_generation_prompt, open_thinking) for c in conversations]
-    encodings = tok.backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
-    return [(e.ids, _mask_from_offsets(e.offsets, spans)) for e, (_, spans) in zip(encodings, rendered)]
+    rendered = [_render(c, tools, add_generation_prompt, open_thinking) for c in conversations]
+    texts = [r.text for r in rendered]
+    encodings = tok.backend.encode_batch(texts, add_special_tokens=False)
+    out = []
+    for e, r, text in zip(encodings, rendered, texts):
+        ids, offsets = e.ids, e.offsets
+        if _reads_caller_text_as_tokens(tok, ids, offsets, r.literal):
+            ids, offsets = _encode_escaped(tok, text, r.literal)
+        out.append((ids, _mask_from_offsets(offsets, r.trained)))
+    return out
+
+
+def _reads_caller_text_as_tokens(tok: Tokenizer, ids: list[int], offsets, literal) -> bool:
+    """Whether a control token starts inside the caller's text."""
+    added = tok.added_tokens()
+    for token_id, (start, _) in zip(ids, offsets):
+        if added.get(token_id) in CONTROL_TOKENS and any(a <= start < b for a, b in literal):
+            return True
+    return False
+
+
+def _encode_escaped(tok: Tokenizer, text: str, literal) -> tuple[list[int], list[tuple[int, int]]]:
+    """Encode piece by piece: the template's pieces as they are, the caller's text with every
+    banned token spelled as plain characters (its first character encoded on its own)."""
+    cuts, pos = [], 0
+    for a, b in literal:
+        cuts += [(pos, a, False), (a, b, True)]
+        pos = b
+    cuts.append((pos, len(text), False))
+    ids, offsets = [], []
+    for a, b, caller in cuts:
+        for start, end in _split_at(text, a, b, CONTROL_TOKENS if caller else ()):
+            e = tok.backend.encode(text[start:end], add_special_tokens=False)
+            ids += e.ids
+            offsets += [(start + x, start + y) for x, y in e.offsets]
+    return ids, offsets
+
+
+def _split_at(text: str, a: int, b: int, banned: tuple[str, ...]) -> list[tuple[int, int]]:
+    """[a, b) cut so that no piece contains a whole banned token: each occurrence is split
+    after its first character."""
+    if not banned:
+        return [(a, b)] if b > a else []
+    points = sorted({i + 1 for t in banned for i in _find_all(text, t, a, b)})
+    bounds = [a, *points, b]
+    return [(x, y) for x, y in zip(bounds, bounds[1:]) if y > x]
+
+
+def _find_all(text: str, needle: str, a: int, b: int) -> list[int]:
+    out, i = [], text.find(needle, a, b)
+    while i >= 0:
+        out.append(i)
+        i = text.find(needle, i + 1, b)
+    return out
 
 
 def render_chat(

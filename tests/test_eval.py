@@ -48,13 +48,13 @@ def test_agent_loop_runs_tool_calls(tok, corpus, monkeypatch):
     call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
     seen_prompts = []
 
-    from minimind.infer import generate as g
+    from minimind.infer.engine import Engine, Result
 
-    def fake_generate(self, prompts, params):
+    def fake_generate(self, prompts, params, on_result=None):
         seen_prompts.extend(tok.decode(p) for p in prompts)
-        return [{"ids": [], "text": call, "finish_reason": "stop"} for _ in prompts]
+        return [Result([], [], "stop", call) for _ in prompts]
 
-    monkeypatch.setattr(g.Generator, "generate", fake_generate)
+    monkeypatch.setattr(Engine, "generate", fake_generate)
     recs = [json.loads(line) for line in open(corpus / "eval" / "heldout.jsonl")]
     tool_recs = [r for r in recs if r["family"] == "tool"][:2]
     res = evaluate_tasks(model, tok, tool_recs, max_tool_rounds=2)

@@ -5,7 +5,7 @@ import torch
 
 from minimind.config import ModelConfig
 from minimind.errors import UserError
-from minimind.infer.generate import Generator, SamplingParams
+from minimind.infer.engine import Engine, SamplingParams
 from minimind.infer.quant import Int8Linear, apply_quantization, quantize_int8
 from minimind.model import MiniMindForCausalLM
 
@@ -56,7 +56,7 @@ def test_quantized_model_logits_close_and_greedy_text_equal(tok, family, dtype):
     # greedy continuation of a real prompt: identical for a good stretch
     p = SamplingParams(temperature=0, max_new_tokens=16)
     prompt = [tok.encode("Once upon a time")]
-    assert Generator(q, tok).generate(prompt, p)[0]["ids"][:8] == Generator(ref, tok).generate(prompt, p)[0]["ids"][:8]
+    assert Engine(q, tok).generate(prompt, p)[0].tokens[:8] == Engine(ref, tok).generate(prompt, p)[0].tokens[:8]
 
 
 def test_fp32_model_keeps_fp32_activations(tok):

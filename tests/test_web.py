@@ -94,12 +94,29 @@ def browser(tmp_path):
     driver.quit()
 
 
+def open_page(browser, url):
+    """Open the page as a browser does after asking for the key (HTTP Basic, the key as password);
+    the page's own requests then carry no credentials unless the key is typed into it."""
+    import base64
+
+    basic = "Basic " + base64.b64encode(f"me:{KEY}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": basic}})
+    browser.get(url + "/")
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+
+
+def test_page_needs_the_key(live, browser):
+    browser.get(live + "/")  # no credentials: the server asks for them, the page is not sent
+    assert "Chat with minimind" not in browser.page_source
+
+
 def test_chat_page_streams_replies_as_text(live, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(live + "/")
+    open_page(browser, live)
     wait = WebDriverWait(browser, 30)
     key = browser.find_element(By.ID, "api-key")
     key.send_keys(KEY + Keys.TAB)  # "change" stores the key and reloads the model list
@@ -139,8 +156,10 @@ def test_page_reports_a_missing_key(live, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(live + "/")
+    open_page(browser, live)
     wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_element(By.ID, "model").text in ("API key needed", "minimind"))
+    browser.execute_script("loadModel()")  # the page's requests carry no key: refused
     wait.until(lambda d: d.find_element(By.ID, "model").text == "API key needed")
     browser.find_element(By.ID, "prompt").send_keys("Hello")
     browser.find_element(By.ID, "send").click()

@@ -85,9 +85,9 @@ class MiniMindLM(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from ..infer.generate import Generator, SamplingParams
+        from ..infer.engine import Engine, SamplingParams
 
-        gen = Generator(self.sm.model, self.sm.tok)
+        engine = Engine(self.sm.model, self.sm.tok)
         out = []
         for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
             context, kw = req.args
@@ -96,7 +96,7 @@ class MiniMindLM(TemplateLM):
                                     max_new_tokens=int(kw.get("max_gen_toks", 256)),
                                     stop=[until] if isinstance(until, str) else list(until))
             prompt = self.tok_encode(context)[-(self.max_length - params.max_new_tokens):]
-            text = gen.generate([prompt], params)[0]["text"]
+            text = engine.generate([prompt], params)[0].text
             out.append(text)
             self.cache_hook.add_partial("generate_until", (context, kw), text)
         return out

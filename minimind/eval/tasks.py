@@ -53,31 +53,29 @@ def evaluate_tasks(model, tok, records: list[dict], think: bool = False, batch_s
     """-> {"families": {family: {"correct", "total", "accuracy"}}, "samples": [...]}"""
     from tqdm.auto import tqdm
 
-    from ..infer.generate import Generator, SamplingParams, think_suppression
+    from ..infer.engine import Engine, SamplingParams, think_suppression
     from ..infer.parse import parse_assistant
     from ..infer.tools import run_tool_call
     from ..tokenizer import render_chat
 
-    gen = Generator(model, tok)
+    engine = Engine(model, tok, max_batch=batch_size)  # continuous batching, batch_size rows at a time
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, suppress_ids=think_suppression(tok, think))
     convs = [list(r["conversations"]) for r in records]
     replies = [None] * len(records)
     pending = list(range(len(records)))
     for _ in range(max_tool_rounds + 1):  # a tool call is executed and the model continues
-        prompts = {i: render_chat(tok, convs[i], add_generation_prompt=True, open_thinking=think)[0]
-                   for i in pending}
-        order = sorted(pending, key=lambda i: len(prompts[i]))  # similar lengths batch well
+        prompts = [render_chat(tok, convs[i], add_generation_prompt=True, open_thinking=think)[0] for i in pending]
         calls = []
-        for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="eval", unit="batch"):
-            idx = order[s:s + batch_size]
-            for i, o in zip(idx, gen.generate([prompts[i] for i in idx], params)):
-                parsed = parse_assistant(o["text"], open_thinking=think)
-                replies[i] = (o["text"], parsed)
-                if parsed["tool_calls"]:
-                    calls.append(i)
-                    convs[i] = convs[i] + [
-                        {"role": "assistant", "content": parsed["content"], "tool_calls": parsed["tool_calls"]},
-                        *({"role": "tool", "content": run_tool_call(c)} for c in parsed["tool_calls"])]
+        with tqdm(total=len(pending), disable=not progress, desc="eval", unit="reply") as bar:
+            outs = engine.generate(prompts, params, on_result=lambda i, r: bar.update())
+        for i, o in zip(pending, outs):
+            parsed = parse_assistant(o.text, open_thinking=think)
+            replies[i] = (o.text, parsed)
+            if parsed["tool_calls"]:
+                calls.append(i)
+                convs[i] = convs[i] + [
+                    {"role": "assistant", "content": parsed["content"], "tool_calls": parsed["tool_calls"]},
+                    *({"role": "tool", "content": run_tool_call(c)} for c in parsed["tool_calls"])]
         pending = calls
         if not pending:
             break

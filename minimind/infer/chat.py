@@ -11,7 +11,9 @@ import json
 import sys
 
 from ..errors import UserError
-from .generate import Generator, SamplingParams, load_for_inference, think_suppression
+from .engine import Engine
+from .generate import load_engine
+from .sampling import SamplingParams, think_suppression
 
 DIM, RESET = "\033[2m", "\033[0m"
 HELP = "commands: /think on|off  /reset  /system TEXT  /exit   (Ctrl-D also exits)"
@@ -23,9 +25,10 @@ def sampling_from_args(args) -> SamplingParams:
                           seed=args.seed).validate()
 
 
-def stream_reply(gen: Generator, messages: list[dict], params: SamplingParams, think: bool, out=sys.stdout,
+def stream_reply(gen: Engine, messages: list[dict], params: SamplingParams, think: bool, out=sys.stdout,
                  color: bool = True) -> dict:
-    """Stream one assistant reply to `out`; return it parsed (content, reasoning_content, tool_calls)."""
+    """Stream one assistant reply of the engine `gen` to `out`; return it parsed (content,
+    reasoning_content, tool_calls)."""
     from ..tokenizer import render_chat
     from .parse import StreamParser
 
@@ -60,10 +63,14 @@ def stream_reply(gen: Generator, messages: list[dict], params: SamplingParams, t
     return result
 
 
+def _engine(args) -> Engine:
+    return load_engine(args.checkpoint, args.device, args.dtype, getattr(args, "quantize", "none"),
+                       compile=getattr(args, "compile", "auto"), max_batch=1)
+
+
 def chat_loop(args) -> None:
     params = sampling_from_args(args)
-    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype, getattr(args, "quantize", "none"))
-    gen = Generator(model, tok)
+    gen = _engine(args)
     think = args.think == "on"
     system = args.system
     history: list[dict] = []
@@ -105,10 +112,9 @@ def chat_loop(args) -> None:
 
 def generate_once(args) -> None:
     params = sampling_from_args(args)
-    model, tok = load_for_inference(args.checkpoint, args.device, args.dtype, getattr(args, "quantize", "none"))
-    gen = Generator(model, tok)
+    gen = _engine(args)
     if args.raw:
-        ids = tok.encode(args.prompt)
+        ids = gen.tok.encode(args.prompt)
         if not ids:
             raise UserError("prompt is empty", param="prompt")
         sys.stdout.write(args.prompt)
@@ -138,6 +144,9 @@ def add_sampling_args(p) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp32")
     add_quantize_arg(g)
+    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="fused decode step: torch.compile on CPU (one to a few minutes to compile, then "
+                        "faster tokens), CUDA graphs on GPU; auto = GPU only (default)")
 
 
 def add_commands(sub) -> None:

@@ -24,11 +24,11 @@ class Conversation:
 
     def __init__(self, args):
         from ..infer.chat import sampling_from_args
-        from ..infer.generate import Generator, load_for_inference
+        from ..infer.generate import load_engine
 
         self.params = sampling_from_args(args)
-        model, tok = load_for_inference(args.checkpoint, args.device, args.dtype, args.quantize)
-        self.gen = Generator(model, tok)
+        self.gen = load_engine(args.checkpoint, args.device, args.dtype, args.quantize,
+                               compile=getattr(args, "compile", "auto"))  # --compile comes with the sampling flags
         self.think, self.system, self.keep = args.think == "on", args.system, not args.no_history
         self.history: list[dict] = []
 

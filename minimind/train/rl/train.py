@@ -97,22 +97,18 @@ def build_objective(cfg: RLConfig, hidden_size: int):
 
 
 def engine_sampler(model, tok):
-    """The generation engine as the rollout source wants it (see RolloutSource.__init__)."""
-    from ...infer.generate import Generator, SamplingParams
+    """The generation engine as the rollout source wants it (see RolloutSource.__init__): all
+    prompts go to the engine at once (continuous batching), each row with its own seed."""
+    from ...infer.engine import Engine, SamplingParams
 
-    gen = Generator(model, tok)
+    engine = Engine(model, tok)  # decodes with the model's own weights: each rollout sees the latest policy
 
     def generate(prompts, temperature, max_new_tokens, seeds, suppress_ids):
         # temperature only: top-k / top-p would make the sampled distribution differ from the
         # softmax(z / tau) the objectives differentiate (see losses.py)
-        params = SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                seed=seeds[0], suppress_ids=tuple(suppress_ids))
-        outs, finish = [[] for _ in prompts], ["length"] * len(prompts)
-        for row, t in gen.generate_tokens(prompts, params):
-            outs[row].append(t)
-            if t in gen.stop_ids:
-                finish[row] = "stop"
-        return list(zip(outs, finish))
+        params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                 seed=seed, suppress_ids=tuple(suppress_ids)) for seed in seeds]
+        return [(r.tokens, r.finish_reason) for r in engine.generate(prompts, params)]
 
     return generate
 
