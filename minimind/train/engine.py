@@ -514,12 +514,13 @@ class Trainer:
                 _say(f"step {self.step}: loss spike {m['loss']:.3f} ({spike:.2f}x the recent average)")
             self.plan()
             bar.total = self.total if self.total < NO_CAP else None
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+            evaluated = bool(cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total)
+            if evaluated:
                 m.update(self.evaluate())
                 if cfg.target_loss and m.get("eval_loss", float("inf")) <= cfg.target_loss:
                     m["target_reached"] = True
                     self.total = self.step  # every rank saw the same (all-reduced) loss: all stop here
-            if self.step % cfg.log_every == 0 or self.step == self.total or "eval_loss" in m or spike:
+            if self.step % cfg.log_every == 0 or self.step == self.total or evaluated or spike:
                 self.log.log(self.step, m)
             bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", tok_s=f"{m['tokens_per_s']:.0f}",
                             refresh=False)

@@ -59,6 +59,7 @@ class RunConfig:
     cache_dir: str | None = None  # where prepared data goes (default: beside the input, else a user cache)
     auto_batch: bool = False  # train.batch_size * train.grad_accum rows per step, micro-batch fitted to memory
     argv: list = field(default_factory=list)  # the command line, saved with the run
+    probe_prompts: str | None = None  # a text file of prompts: greedy replies at every evaluation (probes.py)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -139,6 +140,8 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
     r.add_argument("--eval-batches", type=int, default=20, help="held-out batches per evaluation (per process)")
+    r.add_argument("--probe-prompts", help="text file, one prompt per line: greedy replies printed and logged "
+                                           "(metrics.jsonl probe/N) at every evaluation, to watch the model learn")
     r.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     r.add_argument("--keep-checkpoints", type=int, default=3,
                    help="step directories kept in OUT/checkpoint (default 3; 0 keeps all)")
@@ -182,7 +185,8 @@ def run_config(args, stage: str, extra: dict | None = None) -> RunConfig:
         tokenizer=args.tokenizer, preset=args.preset,
         model_overrides={k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k, None) is not None},
         max_seq_len=args.max_seq_len, epochs=args.epochs, on_bad_record=args.on_bad_record,
-        cache_dir=args.cache_dir, auto_batch=args.auto_batch, argv=sys.argv[1:])
+        cache_dir=args.cache_dir, auto_batch=args.auto_batch, argv=sys.argv[1:],
+        probe_prompts=getattr(args, "probe_prompts", None))
 
 
 # ----------------------------------------------------------------------------- model
@@ -362,8 +366,14 @@ def run_training(cfg: RunConfig, objective, data_kind: str, model_and_tok=None) 
             print(f"{cfg.stage}: {c['total'] / 1e6:.2f}M parameters ({model.config.name}), "
                   f"{len(data)} records{_data_note(data)}, {steps} x {t.batch_size * t.grad_accum * d.world_size} "
                   f"rows x {cfg.max_seq_len} tokens, lr {t.lr:g} ({t.schedule}) -> {t.out_dir}")
+        evaluators = []
+        if cfg.probe_prompts:
+            from .probes import load_probes, probe_evaluator
+
+            evaluators.append(probe_evaluator(tok, load_probes(cfg.probe_prompts), chat=cfg.stage != "pretrain",
+                                              say=print if progress else None))
         trainer = Trainer(model, objective, loader, tok, t, eval_loader=eval_loader, run_config=run_cfg,
-                          dist_info=d, device=device, started_at=started)
+                          dist_info=d, device=device, started_at=started, evaluators=evaluators)
         return trainer.fit()
     finally:
         if d.enabled and dist.is_initialized():
