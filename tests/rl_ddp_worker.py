@@ -1,12 +1,15 @@
 """Run `minimind grpo` with a sampler and a reward that depend only on the prompt, never on the rank or
-the seeds, so a 2-process run and a 1-process run see the very same responses and rewards. Used by
-tests/test_rl_ddp.py (under torchrun and alone): `python -m tests.rl_ddp_worker GRPO-ARGS...`."""
+the seeds, so a 2-process run and a 1-process run see the very same responses and rewards, and with
+plain SGD, so the weights after one step are w - lr * g: comparing them compares the gradients (Adam's
+g / (|g| + eps) would magnify float-order noise in near-zero gradients). Used by tests/test_rl_ddp.py
+(under torchrun and alone): `python -m tests.rl_ddp_worker GRPO-ARGS...`."""
 
 import sys
 import zlib
 
 import torch
 
+from minimind.train import engine
 from minimind.train.rl import train as rl_train
 
 
@@ -38,7 +41,12 @@ class TokenReward:
         return vals, {}
 
 
+def sgd(model, cfg, device, extra=()):
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad] + list(extra), lr=cfg.lr)
+
+
 if __name__ == "__main__":
+    engine.build_optimizer = sgd
     rl_train.engine_sampler = content_sampler
     rl_train.build_reward = lambda rc, think, device: TokenReward()
     from minimind.cli import main

@@ -28,12 +28,12 @@ def grpo(argv, procs: int):
 @pytest.mark.slow
 def test_one_grpo_step_on_two_ranks_equals_one_process_on_the_union(sft, prompts, tmp_path):  # noqa: F811
     common = ["--init", sft, "--data", prompts, "--rollouts", "1", "--group-size", "4", "--max-new-tokens", "8",
-              "--no-dynamic-sampling", "--lr", "1e-3", "--warmup", "0", "--dtype", "fp32", "--device", "cpu",
+              "--no-dynamic-sampling", "--lr", "1", "--warmup", "0", "--dtype", "fp32", "--device", "cpu",
               "--no-progress"]
     grpo([*common, "--prompts-per-rollout", "2", "--out", tmp_path / "ddp"], procs=2)
     grpo([*common, "--prompts-per-rollout", "4", "--out", tmp_path / "one"], procs=1)
     start = load_checkpoint(sft)[0].state_dict()
     ddp, one = load_checkpoint(tmp_path / "ddp")[0].state_dict(), load_checkpoint(tmp_path / "one")[0].state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in start)
-    assert moved > 1e-4  # the step did something (lr 1e-3: Adam moves weights by about lr)
-    assert max((ddp[k] - one[k]).abs().max().item() for k in one) <= 1e-5
+    assert moved > 1e-3  # the step did something (SGD, lr 1: the weights moved by the clipped gradient)
+    assert max((ddp[k] - one[k]).abs().max().item() for k in one) <= 1e-5  # the same gradient
