@@ -8,9 +8,7 @@ import torch
 
 from minimind import tools
 from minimind.agent import run_agents, start
-from minimind.checkpoint import load_checkpoint, save_checkpoint
-from minimind.config import ModelConfig
-from minimind.model import MiniMindForCausalLM
+from minimind.checkpoint import load_checkpoint
 from minimind.reward.tools import ToolReward, trajectory_parts
 from minimind.runtime import freeze
 from minimind.train.rl.objectives import GRPO
@@ -115,12 +113,9 @@ def agent_prompts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy_ckpt(tok, tmp_path_factory):
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(ModelConfig(
-        vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tok.im_start_id,
-        eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
-    return save_checkpoint(tmp_path_factory.mktemp("agent_policy") / "ckpt", model, tok)
+    from tests.test_rl import tiny_policy
+
+    return tiny_policy(tok, tmp_path_factory.mktemp("agent_policy") / "ckpt", max_position_embeddings=4096)
 
 
 def agent_source(tok, ckpt, data, generate, group=4):

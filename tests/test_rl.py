@@ -37,14 +37,19 @@ class HalfConstantReward(LengthReward):
         return [0.0 if int(r["key"]) % 2 == 0 else v for r, v in zip(records, vals)], parts
 
 
-@pytest.fixture(scope="module")
-def sft(tok, tmp_path_factory):
+def tiny_policy(tok, path, max_position_embeddings: int = 512):
+    """A seeded 2-layer model saved as a checkpoint: the policy of the RL tests."""
     torch.manual_seed(0)
     model = MiniMindForCausalLM(ModelConfig(
         vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.im_start_id,
+        num_key_value_heads=2, max_position_embeddings=max_position_embeddings, bos_token_id=tok.im_start_id,
         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
-    return save_checkpoint(tmp_path_factory.mktemp("rl") / "sft", model, tok)
+    return save_checkpoint(path, model, tok)
+
+
+@pytest.fixture(scope="module")
+def sft(tok, tmp_path_factory):
+    return tiny_policy(tok, tmp_path_factory.mktemp("rl") / "sft")
 
 
 @pytest.fixture(scope="module")
