@@ -181,6 +181,32 @@ def test_top_k_top_p_and_repetition_penalty_math():
     assert sample_next(z, SamplingParams(temperature=0, repetition_penalty=3.0), seen_neg).item() == 0
 
 
+def test_truncation_on_a_large_vocabulary_keeps_exactly_the_sorted_prefix():
+    """top-k / top-p read only the head of the sorted order (topk), falling back to a full sort for
+    a flat row: the kept set equals the definition, the smallest most-likely prefix reaching p."""
+    from minimind.infer.sampling import NUCLEUS_HEAD, _truncate
+
+    g = torch.Generator().manual_seed(0)
+    V = 6400
+    z = torch.randn(6, V, generator=g) * torch.tensor([[0.01], [0.3], [1.0], [3.0], [8.0], [3.0]])
+    rows = [(0, 0.9), (0, 0.5), (40, 1.0), (500, 0.7), (0, 0.95), (0, 1.0)]  # (top_k, top_p) per row
+    out = _truncate(z, [SamplingParams(top_k=k, top_p=p).validate() for k, p in rows])
+    widest = 0
+    for i, (k, p) in enumerate(rows):
+        order = z[i].argsort(descending=True)
+        probs = z[i].softmax(-1)[order]
+        keep = torch.ones(V, dtype=torch.bool)
+        if k:
+            keep &= torch.arange(V) < k
+        if p < 1.0:
+            keep &= probs.cumsum(-1) - probs < p
+        want = torch.full((V,), float("-inf"))
+        want[order[keep]] = z[i, order[keep]]
+        assert torch.equal(out[i], want), (i, k, p)
+        widest = max(widest, int(keep.sum()) if p < 1.0 and not k else 0)
+    assert widest > NUCLEUS_HEAD  # the flat rows took the full-sort path
+
+
 def test_the_draw_follows_the_distribution():
     """The Gumbel-max draw samples softmax(z): frequencies over 10000 draws within 4 sigma."""
     z = torch.tensor([[1.0, 0.0, -1.0, 0.5]])

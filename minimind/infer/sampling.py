@@ -44,6 +44,7 @@ TEMPERATURE_EPS = 1e-5  # below this, sampling is greedy (dividing by it would o
 MAX_TEMPERATURE = 100.0
 PENALTY_RANGE = (0.01, 100.0)
 MAX_STOP, MAX_STOP_CHARS = 4, 256
+NUCLEUS_HEAD = 256  # tokens a top-p row looks at before falling back to a full sort
 MAX_TOP_LOGPROBS = 20
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
@@ -151,10 +152,15 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     z = torch.where(ok[:, None], raw, torch.zeros_like(raw))  # failed rows: harmless numbers
     z = _suppress(z, params)
     z = _penalize(z, params, seen)
-    greedy = torch.tensor([p.greedy for p in params], device=z.device)  # (n,)
-    t = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=z.device)[:, None]
-    z = _truncate(z / t, params)  # (n, V), the sampling distribution's logits
-    tokens = torch.where(greedy, z.argmax(-1), _gumbel_max(z, params, generators))
+    if any(p.temperature != 1.0 and not p.greedy for p in params):
+        t = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=z.device)[:, None]
+        z = z / t
+    z = _truncate(z, params)  # (n, V), the sampling distribution's logits
+    if all(p.greedy for p in params):
+        tokens = z.argmax(-1)
+    else:
+        greedy = torch.tensor([p.greedy for p in params], device=z.device)  # (n,)
+        tokens = torch.where(greedy, z.argmax(-1), _gumbel_max(z, params, generators))
     logprobs = z.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
     model_lp, top = None, None
     if any(p.logprobs for p in params):
@@ -185,20 +191,36 @@ def _penalize(z, params, seen):
 
 
 def _truncate(z, params):
-    """top-k and top-p per row; rows with neither are left alone."""
+    """top-k and top-p per row; rows with neither are left alone.
+
+    Both keep a prefix of the row's tokens sorted by logit, so only the head of that order is
+    needed: the largest top-k, or `NUCLEUS_HEAD` tokens for a top-p row, come from topk; a full
+    sort runs only when a top-p row's mass is not reached within them (a very flat distribution)."""
     V = z.shape[-1]
     ks = [p.top_k if 0 < p.top_k < V else V for p in params]
     ps = [p.top_p for p in params]
-    if all(k == V for k in ks) and all(p >= 1.0 for p in ps):
+    nucleus_only = [k == V and p < 1.0 for k, p in zip(ks, ps)]
+    if all(k == V for k in ks) and not any(nucleus_only):
         return z
-    sz, si = z.sort(dim=-1, descending=True)  # (n, V)
-    rank = torch.arange(V, device=z.device)[None, :]
+    head = min(V, max([k for k in ks if k < V] + [NUCLEUS_HEAD if any(nucleus_only) else 0]))
+    top_p = torch.tensor(ps, device=z.device)[:, None]  # (n, 1)
+    sz, si = z.topk(head, dim=-1)  # (n, head), descending
+    probs = (sz - z.logsumexp(-1, keepdim=True)).exp()  # each token's probability in the whole row
+    before = probs.cumsum(-1) - probs  # the mass of the tokens ranked above each one
+    if head < V and any(nucleus_only):
+        mass = (before[:, -1] + probs[:, -1]).tolist()  # the head's mass per row
+        if any(n and m < p for n, m, p in zip(nucleus_only, mass, ps)):  # a nucleus wider than the head
+            sz, si = z.sort(dim=-1, descending=True)
+            probs = sz.softmax(-1)
+            before = probs.cumsum(-1) - probs
+    rank = torch.arange(sz.shape[-1], device=z.device)[None, :]
     drop = rank >= torch.tensor(ks, device=z.device)[:, None]  # top-k
-    probs = sz.softmax(-1)
-    top_p = torch.tensor(ps, device=z.device)[:, None]
-    drop |= (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)  # mass before this token already enough
-    sz = sz.masked_fill(drop, float("-inf"))
-    return torch.full_like(z, float("-inf")).scatter(-1, si, sz)
+    drop |= (before >= top_p) & (top_p < 1.0)  # the mass before this token is already enough
+    out = torch.full_like(z, float("-inf")).scatter(-1, si, sz.masked_fill(drop, float("-inf")))
+    untouched = [k == V and p >= 1.0 for k, p in zip(ks, ps)]
+    if any(untouched):  # rows with neither keep every token (the head above may not cover them)
+        out = torch.where(torch.tensor(untouched, device=z.device)[:, None], z, out)
+    return out
 
 
 def _gumbel_max(z, params, generators):
