@@ -1,6 +1,6 @@
 """Decode and prefill throughput of the generation engine vs llama.cpp, on the reference MiniMind shape.
 
-    python bench/decode.py [--new 128] [--formats fp32,bf16,int8] [--compile on] [--no-llama]
+    python bench/decode.py [--new 128] [--formats fp32,bf16,int8] [--llama-formats f32,f16,q8_0] [--no-llama]
 
 The model is the reference MiniMind small shape built in our code (hidden 512, 8 layers, 8/2 heads,
 MLP 1664, vocabulary 6400 of the built-in corpus's tokenizer: 29.0M parameters), random weights
@@ -139,6 +139,7 @@ def main():
     ap.add_argument("--formats", default="fp32,bf16,int8", help="decode weight formats (infer/decode.py)")
     ap.add_argument("--compile", default="on", choices=["on", "off"], help="the fused decode step (default on)")
     ap.add_argument("--budget", type=float, default=60, help="seconds allowed per measurement")
+    ap.add_argument("--llama-formats", default="f32,f16,q8_0", help="llama.cpp GGUF formats to compare")
     ap.add_argument("--no-llama", action="store_true")
     args = ap.parse_args()
     _, tok = corpus()  # a real tokenizer, so the GGUF export carries a matching vocabulary
@@ -165,7 +166,7 @@ def main():
                 print(rows[-1], flush=True)
         del engine, model
     if not args.no_llama:
-        for dtype in ("f32", "f16", "q8_0"):
+        for dtype in args.llama_formats.split(","):
             for length in PROMPTS:
                 r = llama_cpp(base, tok, dtype, length, args.new)
                 if r is None:

@@ -109,6 +109,24 @@ def test_compiled_step_equals_the_eager_step(tok):
     assert fast.stats()["decode"] == "compiled"  # no fallback happened
 
 
+@pytest.mark.slow
+def test_a_lone_row_takes_its_own_graph_only_where_it_is_exact(tok):
+    """int8 decode weights, compiled: the first lone row checks whether the batch-1 graph computes
+    bitwise what the batched graph does (decode.py); either way a request's greedy tokens are the
+    same alone as in a batch, and equal the eager int8 step's."""
+    model = tiny(tok, layers=1, seed=3)
+    eager = Engine(model, tok, kv_memory_mb=8, decode_weights="int8")
+    fast = Engine(model, tok, kv_memory_mb=8, decode_weights="int8", compile="on")
+    assert fast.step_fn.lone_exact is None
+    ps = prompts(tok)
+    params = SamplingParams(temperature=0, max_new_tokens=70)
+    alone = [fast.generate([p], params)[0].tokens for p in ps]
+    assert fast.step_fn.lone_exact in (True, False)  # checked on the first lone row
+    assert [r.tokens for r in fast.generate(ps, params)] == alone
+    assert [r.tokens for r in eager.generate(ps, params)] == alone
+    assert fast.stats()["decode"] == "compiled"
+
+
 def test_a_failing_fast_step_falls_back_to_eager(tok, caplog):
     model = tiny(tok)
     eager = Engine(model, tok, kv_memory_mb=8)

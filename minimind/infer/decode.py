@@ -11,7 +11,7 @@ in different formats (gpt-fast, pytorch-labs 2023, shows the same recipe in plai
     decode    bf16 weights (half the bytes of fp32) wherever a bf16 matrix-vector product is faster
               than fp32 -- measured once per machine and cached on disk, because CPUs without
               bf16 matrix units still stream bf16 weights faster --, or int8 weights on request
-              (`--quantize int8`, a quarter of the bytes, see quant.py)
+              (`--quantize int8`, a quarter of the bytes, see quant.py; its residual stream stays fp32)
 
 Both phases share one KV cache (stored in the decode model's dtype). The step itself runs as:
 
@@ -142,7 +142,10 @@ def decode_model(model, weights: str):
     if weights == "int8":
         from .quant import quantize_int8
 
-        quantize_int8(copy_)
+        # the residual stream stays fp32 (the products still run in bf16 where that is fast,
+        # quant.py): a lone row's graph is then exact (CompiledStep) and a batch-1 step measured
+        # 1.25-1.4x faster than with a bf16 residual stream on a Xeon with AMX (bench/RESULTS.md)
+        quantize_int8(copy_.float())
         return copy_
     return copy_.to(DTYPES[weights])
 
@@ -181,42 +184,63 @@ class EagerStep:
 # also treat them as constants ("freezing"): it prepacks them for its matrix kernels and autotunes
 # its own C++ GEMM templates against ATen's; and dynamo may skip re-checking them on every call.
 # On a Xeon with AMX this halved a bf16 decode step and cut an int8 one by half (bench/RESULTS.md).
+# A frozen graph also gets a C++ wrapper: the ~100 kernel calls of a step are made from C++, not
+# from Python (+16% int8 tokens/s at batch 1 on that Xeon, at the price of a longer compilation).
 FAST = {"size_asserts": False, "scalar_asserts": False}
-FROZEN = {**FAST, "freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+FROZEN = {**FAST, "freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "cpp_wrapper": True}
 
 
 class CompiledStep(EagerStep):
     """torch.compile of the step with the batch size and block count as dynamic dimensions: one
-    graph for every shape. A single row runs as a batch of two (the second row: token 0 at
-    position 0 of scratch block 0), because dynamo would compile a separate graph for batch 1
-    whose matrix kernels round differently, and a request's greedy output must not depend on
-    whether it runs alone; at batch 1 the second row costs almost nothing (the weights are read
-    once either way). frozen=True snapshots the weights (see FROZEN): only for a model nobody
-    will train while this step lives."""
+    graph for every batch of two or more rows. dynamo compiles a separate graph for a batch of
+    one, and a request's greedy output must not depend on whether it runs alone, so a lone row
+    takes that graph only where it computes exactly what the batched graph does, checked on the
+    first lone row (bitwise equal logits). Otherwise it runs as a batch of two (the second row:
+    token 0 at position 0 of scratch block 0). Measured on a Xeon with AMX: int8 products are
+    computed row by row, so the lone graph is exact and saves the padding row's work (about a
+    fifth of an int8 step); fp32 and bf16 matrix kernels round differently for one row than for
+    two, so those keep the padding (at batch 1 it costs little: the weights are read once either
+    way). frozen=True snapshots the weights (see FROZEN): only for a model nobody will train while
+    this step lives."""
 
     name = "compiled"
 
     def __init__(self, model, cache, frozen: bool = False):
         super().__init__(model, cache)
         self.frozen, self.compiled = frozen, False
+        self.lone_exact: bool | None = None  # None: not checked yet
         self.fn = torch.compile(decode_forward, dynamic=False, options=FROZEN if frozen else FAST)
 
     def __call__(self, ids, positions, table):
+        if len(ids) > 1 or self.lone_exact is False:
+            return self._batched(ids, positions, table)
+        out = self._run(ids, positions, table)
+        if self.lone_exact is None:  # the same step padded writes the same keys and values again
+            padded = self._batched(ids, positions, table)
+            self.lone_exact = torch.equal(out, padded)
+            log.info("decode: a lone row %s", "runs alone (exact)" if self.lone_exact else "runs as a batch of two")
+            return padded
+        return out
+
+    def _batched(self, ids, positions, table):
         n = len(ids)
         if n == 1:
             ids, positions = F.pad(ids, (0, 1)), F.pad(positions, (0, 1))
             table = F.pad(table, (0, 0, 0, 1))
         for t in (ids, positions, table):
             torch._dynamo.mark_dynamic(t, 0)
+        return self._run(ids, positions, table)[:n]
+
+    def _run(self, ids, positions, table):
         torch._dynamo.mark_dynamic(table, 1)
         if self.frozen and self.compiled:  # check only the guards that tell graphs apart
             try:
                 with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return self.fn(self.model, self.cache, ids, positions, table)[:n]
+                    return self.fn(self.model, self.cache, ids, positions, table)
             except RuntimeError as e:  # inputs no graph was compiled for (a new dtype, grad mode ...)
                 if "Recompilation" not in str(e):
                     raise
-        out = self.fn(self.model, self.cache, ids, positions, table)[:n]
+        out = self.fn(self.model, self.cache, ids, positions, table)
         self.compiled = True
         return out
 

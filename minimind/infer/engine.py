@@ -38,7 +38,8 @@ Batch invariance: a request's greedy output does not depend on what else is runn
 guarantees it, and the kernels are kept from breaking it: prompts are prefilled one at a time (a
 padded batch would take other kernels), a decode row attends over whole blocks of 64 key columns
 with the rest masked, so its keys sit in the same kernel blocks whatever the longest row, and the
-compiled step runs a lone row as a batch of two, through the same graph as any batch (decode.py).
+compiled step runs a lone row through its batch-1 graph only where that graph was checked to compute
+bitwise what the batched one does, else as a batch of two (decode.py).
 
 Threads: `generate` and `stream` drive the engine from the caller's thread. `start()` runs it in a
 background thread instead (the server); then any thread may `submit` and wait. Only the thread
