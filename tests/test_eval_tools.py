@@ -184,3 +184,36 @@ def test_openai_client_round_trip_through_our_server(memorised, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_chat_with_tools_runs_the_call_and_answers_with_its_result(memorised):
+    """`minimind chat --tools`: one user turn through the agent loop - the model's call is shown,
+    run (the built-in calculator), its result shown and handed back, and the answer states it."""
+    import io
+
+    from minimind.infer.chat import tool_turn
+    from minimind.infer.generate import load_engine
+    from minimind.infer.sampling import SamplingParams
+
+    engine = load_engine(memorised, "cpu", "fp32", compile="off", max_batch=1)
+    out = io.StringIO()
+    messages = [{"role": "system", "content": "Use tools."}, {"role": "user", "content": TASKS[0][0]}]
+    added = tool_turn(engine, messages, SamplingParams(temperature=0, max_new_tokens=48), False, CALC,
+                      max_rounds=2, out=out, color=False)
+    assert [m["role"] for m in added] == ["assistant", "tool", "assistant"]
+    assert added[0]["tool_calls"][0]["arguments"] == {"expression": "37*59"}
+    assert added[1]["content"] == "2183" and "2183" in added[2]["content"]
+    shown = out.getvalue()
+    assert '[tool call] calculator({"expression": "37*59"})' in shown and "[tool result] 2183" in shown
+    # no rounds left: the call is shown but not run
+    added = tool_turn(engine, messages, SamplingParams(temperature=0, max_new_tokens=48), False, CALC,
+                      max_rounds=0, out=out, color=False)
+    assert [m["role"] for m in added] == ["assistant"] and "stopped after 0 tool rounds" in out.getvalue()
+
+
+def test_chat_tools_flag_names_unknown_tools(capsys):
+    from minimind.cli import main
+
+    assert main(["chat", "no-such-checkpoint", "--tools", "calculator,teleport"]) == 2
+    err = capsys.readouterr().err
+    assert "teleport" in err and "lookup" in err and "Traceback" not in err

@@ -238,8 +238,10 @@ class Engine:
         self._drive(lambda: all(r.done.is_set() for r in reqs), reqs)
         return [r.result for r in reqs]
 
-    def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
-        """Text deltas of one prompt as they are generated (needs a tokenizer)."""
+    def stream(self, prompt: list[int], params: SamplingParams,
+               on_result: Callable[[Result], None] | None = None) -> Iterator[str]:
+        """Text deltas of one prompt as they are generated (needs a tokenizer); `on_result` gets
+        the finished Result (its tokens and finish reason) after the last delta."""
         events: queue.Queue = queue.Queue()
         req = self.submit(prompt, params, on_event=events.put, bounded=False)
         try:
@@ -253,6 +255,8 @@ class Engine:
                 if kind == "text":
                     yield value
                 elif kind == "done":
+                    if on_result is not None:
+                        on_result(value)
                     return
         finally:
             req.cancel()
