@@ -52,11 +52,12 @@ def test_agent_loop_runs_tool_calls(tok, corpus, monkeypatch):
 
     def fake_generate(self, prompts, params, on_result=None):
         seen_prompts.extend(tok.decode(p) for p in prompts)
-        return [Result([], [], "stop", call) for _ in prompts]
+        return [Result(tok.encode(call) + [tok.im_end_id], [], "stop", call) for _ in prompts]
 
     monkeypatch.setattr(Engine, "generate", fake_generate)
     recs = [json.loads(line) for line in open(corpus / "eval" / "heldout.jsonl")]
-    tool_recs = [r for r in recs if r["family"] == "tool"][:2]
+    tool_recs = [r for r in recs if r["family"] == "tool" and r.get("tool") == "calculator"][:2]
+    assert len(tool_recs) == 2
     res = evaluate_tasks(model, tok, tool_recs, max_tool_rounds=2)
     assert len(seen_prompts) == 2 * 3  # first answer + two rounds after tool results
     assert "<tool_response>\n42\n</tool_response>" in seen_prompts[-1]

@@ -1,8 +1,9 @@
 """Exact-match task accuracy on a held-out split (`minimind eval tasks`).
 
 Each held-out record is {"family", "conversations": [system?, user], "answer"}. The model answers
-greedily; when it calls a tool (the calculator), the call is executed and the model continues
-with the result, up to two rounds, as an agent would. The reply is correct when its final content (thinking removed) contains the answer:
+greedily, through the agent loop: when it calls a tool its record offers, the call is executed
+and the model continues with the result, up to two rounds. The reply is correct when its final
+content (thinking removed) contains the answer:
 numbers must appear as a whole number (so "171" does not match "71"), Latin text as whole
 words, case-insensitively, and Chinese text as a substring. Accuracy is reported per family.
 """
@@ -50,44 +51,25 @@ def load_heldout(path, limit: int | None = None) -> list[dict]:
 
 def evaluate_tasks(model, tok, records: list[dict], think: bool = False, batch_size: int = 32,
                    max_new_tokens: int = 96, progress: bool = False, max_tool_rounds: int = 2) -> dict:
-    """-> {"families": {family: {"correct", "total", "accuracy"}}, "samples": [...]}"""
-    from tqdm.auto import tqdm
+    """-> {"families": {family: {"correct", "total", "accuracy"}}, "samples": [...]}
 
-    from ..infer.engine import Engine, SamplingParams, think_suppression
-    from ..infer.parse import parse_assistant
-    from ..infer.tools import run_tool_call
-    from ..tokenizer import render_chat
+    Every record runs as a greedy agent episode (minimind/agent.py, the loop `eval tools` and
+    agentic RL use): a record whose system message offers tools may call them, up to
+    `max_tool_rounds` rounds; the final reply is scored."""
+    from ..agent import describe
+    from .tools import run_local
 
-    engine = Engine(model, tok, max_batch=batch_size)  # continuous batching, batch_size rows at a time
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, suppress_ids=think_suppression(tok, think))
-    convs = [list(r["conversations"]) for r in records]
-    replies = [None] * len(records)
-    pending = list(range(len(records)))
-    for _ in range(max_tool_rounds + 1):  # a tool call is executed and the model continues
-        prompts = [render_chat(tok, convs[i], add_generation_prompt=True, open_thinking=think)[0] for i in pending]
-        calls = []
-        with tqdm(total=len(pending), disable=not progress, desc="eval", unit="reply") as bar:
-            outs = engine.generate(prompts, params, on_result=lambda i, r: bar.update())
-        for i, o in zip(pending, outs):
-            parsed = parse_assistant(o.text, open_thinking=think)
-            replies[i] = (o.text, parsed)
-            if parsed["tool_calls"]:
-                calls.append(i)
-                convs[i] = convs[i] + [
-                    {"role": "assistant", "content": parsed["content"], "tool_calls": parsed["tool_calls"]},
-                    *({"role": "tool", "content": run_tool_call(c)} for c in parsed["tool_calls"])]
-        pending = calls
-        if not pending:
-            break
+    trajs = run_local(model, tok, records, max_tool_rounds, max_new_tokens, batch_size, think, progress)
     fam = defaultdict(lambda: {"correct": 0, "total": 0})
     samples = []
-    for r, (raw, parsed) in zip(records, replies):
-        ok = is_correct(parsed["content"], r["answer"])
+    for r, t in zip(records, trajs):
+        reply = t.reply or {"content": "", "reasoning_content": None}
+        ok = is_correct(reply["content"], r["answer"])
         fam[r["family"]]["correct"] += ok
         fam[r["family"]]["total"] += 1
         samples.append({"family": r["family"], "prompt": r["conversations"][-1]["content"], "answer": r["answer"],
-                        "reply": parsed["content"], "reasoning": parsed["reasoning_content"], "raw": raw,
-                        "correct": bool(ok)})
+                        "reply": reply["content"], "reasoning": reply["reasoning_content"], "episode": describe(t),
+                        "tool_calls": len(t.tool_calls), "correct": bool(ok)})
     for v in fam.values():
         v["accuracy"] = v["correct"] / v["total"]
     return {"families": dict(sorted(fam.items())), "samples": samples}
