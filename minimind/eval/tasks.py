@@ -59,7 +59,8 @@ def evaluate_tasks(model, tok, records: list[dict], think: bool = False, batch_s
     from ..agent import describe
     from .tools import run_local
 
-    trajs = run_local(model, tok, records, max_tool_rounds, max_new_tokens, batch_size, think, progress)
+    trajs = run_local(model, tok, records, max_tool_rounds, max_new_tokens, batch_size, think, progress,
+                      desc="eval")
     fam = defaultdict(lambda: {"correct": 0, "total": 0})
     samples = []
     for r, t in zip(records, trajs):

@@ -118,7 +118,7 @@ def format_table(res: dict) -> str:
 # ----------------------------------------------------------------------------- a local checkpoint
 
 def run_local(model, tok, records: list[dict], max_rounds: int = 2, max_new_tokens: int = 96,
-              batch_size: int = 32, think: bool = False, progress: bool = False) -> list:
+              batch_size: int = 32, think: bool = False, progress: bool = False, desc: str = "eval tools") -> list:
     """Greedy agent episodes of a minimind model (the agent loop over the RL sampler) -> trajectories."""
     from tqdm.auto import tqdm
 
@@ -129,7 +129,7 @@ def run_local(model, tok, records: list[dict], max_rounds: int = 2, max_new_toke
     generate = engine_sampler(model, tok)
     suppress = think_suppression(tok, think)
     out = []
-    for s in tqdm(range(0, len(records), batch_size), disable=not progress, desc="eval tools", unit="batch"):
+    for s in tqdm(range(0, len(records), batch_size), disable=not progress, desc=desc, unit="batch"):
         batch = [start(tok, r["conversations"], think=think) for r in records[s:s + batch_size]]
         out += run_agents(generate, tok, batch, None, max_rounds, 0.0, max_new_tokens, None, think, suppress,
                           max_len=model.config.max_position_embeddings)
