@@ -85,6 +85,36 @@ def test_bradley_terry_loss_is_the_formula(tok):
     assert m["pair_acc"].item() == float(r_w.item() > r_l.item())
 
 
+def test_lm_regulariser_adds_the_chosen_replies_language_modelling_loss(tok):
+    """--lm-coef: L = BT + c * CE of the chosen reply, equal to the causal LM's own loss on it."""
+    import torch.nn.functional as F
+
+    from minimind.model import MiniMindForCausalLM
+
+    rm = tiny_rm(tok, seed=1)
+    conv = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "yes it is"}]
+    w, mask = render_chat(tok, conv)
+    l_ = render_chat(tok, [conv[0], {"role": "assistant", "content": "no"}])[0]
+    width = max(len(w), len(l_)) - 1
+    pad = lambda x: x[:-1] + [tok.pad_id] * (width - len(x) + 1)  # noqa: E731
+    labels = [t if m else -100 for t, m in zip(w[1:], mask[1:])] + [-100] * (width - len(w) + 1)
+    batch = {"chosen_input_ids": torch.tensor([pad(w)]), "rejected_input_ids": torch.tensor([pad(l_)]),
+             "chosen_labels": torch.tensor([labels]), "n_tokens": torch.tensor(5)}
+    bt, _ = BradleyTerry(tok.pad_id, tok.encode("\n")).loss(rm, batch)
+    total, m = BradleyTerry(tok.pad_id, tok.encode("\n"), lm_coef=0.5).loss(rm, batch)
+    cfg = rm.config
+    cfg.num_labels = 0
+    lm = MiniMindForCausalLM(cfg)
+    lm.model.load_state_dict(rm.model.state_dict())  # the same trunk, its tied LM head
+    logits = lm(torch.tensor([w[:-1]])).logits  # (1, T, V)
+    want = F.cross_entropy(logits[0].float(), torch.tensor([t if m else -100 for t, m in zip(w[1:], mask[1:])]))
+    assert m["lm_loss"].item() == pytest.approx(want.item(), rel=1e-5) and m["lm_loss"].item() > 0.1
+    assert m["bt_loss"].item() == pytest.approx(bt.item(), rel=1e-6)
+    assert total.item() == pytest.approx(bt.item() + 0.5 * want.item(), rel=1e-5)
+    total.backward()
+    assert rm.model.embed_tokens.weight.grad is not None and rm.score.weight.grad is not None
+
+
 def test_exported_reward_model_scores_the_same_in_transformers(tok, tmp_path):
     pytest.importorskip("transformers")
     from minimind.checkpoint import save_checkpoint

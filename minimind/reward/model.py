@@ -46,11 +46,17 @@ class RewardModel(nn.Module):
         self.score = nn.Linear(cfg.hidden_size, 1, bias=False)
         nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(cfg.hidden_size))
 
-    def forward(self, input_ids, index):
-        """input_ids (B, T), index (B,) -> rewards (B,) at those positions (fp32)."""
+    def forward(self, input_ids, index, lm_rows: int = 0):
+        """input_ids (B, T), index (B,) -> rewards (B,) at those positions (fp32).
+
+        With lm_rows = n > 0 also the next-token logits of the first n rows, (n, T, V), through the
+        tied embedding matrix (the LM head the trunk was trained with), for the LM regulariser."""
         h, _ = self.model(input_ids)  # (B, T, d)
         last = h[torch.arange(h.shape[0], device=h.device), index]  # (B, d)
-        return self.score(last).squeeze(-1).float()
+        r = self.score(last).squeeze(-1).float()
+        if not lm_rows:
+            return r
+        return r, F.linear(h[:lm_rows], self.model.embed_tokens.weight)  # (n, T, V)
 
     @classmethod
     def from_causal_lm(cls, lm) -> "RewardModel":
@@ -81,22 +87,38 @@ def with_suffix(ids, pad_id: int, suffix: list[int]):
 
 
 class BradleyTerry:
-    """loss(model, batch) for DPOLoader batches: -log sigmoid(r_w - r_l)."""
+    """loss(model, batch) for DPOLoader batches: -log sigmoid(r_w - r_l) [+ lm_coef * L_LM].
+
+    lm_coef > 0 adds the language-modelling loss of the chosen replies (next-token cross-entropy
+    on the reply tokens, through the tied embedding matrix), which keeps the trunk a language model
+    while the head is fitted: the hidden-state regulariser of Yang et al. 2024 ("Regularizing Hidden
+    States Enables Learning Generalizable Reward Model", GRM):
+
+        L = -log sigmoid(r_w - r_l) + lm_coef * (-1/|y_w|) sum_t log p(y_w,t | x, y_w,<t)
+    """
 
     name = "reward"
 
-    def __init__(self, pad_id: int, suffix: list[int]):
-        self.pad_id, self.suffix = pad_id, list(suffix)
+    def __init__(self, pad_id: int, suffix: list[int], lm_coef: float = 0.0):
+        self.pad_id, self.suffix, self.lm_coef = pad_id, list(suffix), lm_coef
 
     def loss(self, model, batch):
         ids_w, ids_l = batch["chosen_input_ids"], batch["rejected_input_ids"]
-        B = ids_w.shape[0]
+        B, T = ids_w.shape
         ids, index = with_suffix(torch.cat([ids_w, ids_l]), self.pad_id, self.suffix)  # (2B, T+1)
-        r = model(ids, index)  # (2B,)
+        if self.lm_coef:
+            r, logits = model(ids, index, lm_rows=B)  # (2B,), (B, T+1, V)
+            lm = F.cross_entropy(logits[:, :T].flatten(0, 1).float(), batch["chosen_labels"].flatten(),
+                                 ignore_index=-100)
+        else:
+            r = model(ids, index)  # (2B,)
         r_w, r_l = r[:B], r[B:]
-        loss = -F.logsigmoid(r_w - r_l).mean()
-        return loss, {"n_tokens": batch["n_tokens"], "pair_acc": (r_w > r_l).float().mean().detach(),
-                      "margin": (r_w - r_l).mean().detach(), "score_mean": r.mean().detach()}
+        bt = -F.logsigmoid(r_w - r_l).mean()
+        metrics = {"n_tokens": batch["n_tokens"], "pair_acc": (r_w > r_l).float().mean().detach(),
+                   "margin": (r_w - r_l).mean().detach(), "score_mean": r.mean().detach()}
+        if not self.lm_coef:
+            return bt, metrics
+        return bt + self.lm_coef * lm, {**metrics, "bt_loss": bt.detach(), "lm_loss": lm.detach()}
 
 
 @torch.no_grad()

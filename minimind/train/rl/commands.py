@@ -168,9 +168,14 @@ def cmd_reward_train(args):
     cfg = run_config(args, "reward")
     seed_everything(args.seed)
     lm, tok = load_checkpoint(args.init)
+    if args.lm_coef < 0:
+        raise UserError(f"reward train: --lm-coef must be >= 0, got {args.lm_coef:g}")
+    if args.lm_coef and not lm.config.tie_word_embeddings:
+        raise UserError("reward train: --lm-coef needs a model with tied embeddings (tie_word_embeddings); "
+                        "pass --lm-coef 0")
     rm = RewardModel.from_causal_lm(lm)
     suffix = tok.encode("\n")
-    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix), data_kind="dpo", model_and_tok=(rm, tok))
+    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix, args.lm_coef), data_kind="dpo", model_and_tok=(rm, tok))
 
     def accuracy(path):
         data = prepared_data(path, tok, "dpo", cfg.max_seq_len, cfg.on_bad_record, cfg.cache_dir, progress=False,
@@ -196,6 +201,10 @@ def add_reward_command(sub) -> None:
                      description="Train a reward model: the --init SFT model's trunk plus a scalar head, on "
                                  "{'chosen', 'rejected'} pairs. Prints held-out pair accuracy with --eval-data.")
     add_train_args(p, "sft")
+    p.add_argument("--lm-coef", type=float, default=0.0,
+                   help="weight of the chosen replies' language-modelling loss added to the Bradley-Terry loss "
+                        "(keeps the trunk a language model while the head is fitted; GRM, Yang et al. 2024). "
+                        "Default 0")
     p.set_defaults(func=cmd_reward_train, lr=1e-4, batch_size=16, warmup=10, weight_decay=0.0, varying_shapes=True)
 
 
