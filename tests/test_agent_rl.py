@@ -9,7 +9,7 @@ import torch
 from minimind import tools
 from minimind.agent import run_agents, start
 from minimind.checkpoint import load_checkpoint
-from minimind.reward.tools import ToolReward, trajectory_parts
+from minimind.reward.tools import ToolReward, ToolRewardWeights, trajectory_parts
 from minimind.runtime import freeze
 from minimind.train.rl.objectives import GRPO
 from minimind.train.rl.rollout import RolloutConfig, RolloutSource, load_rl_records
@@ -59,7 +59,7 @@ def test_a_stated_answer_after_a_valid_call_earns_the_full_reward(tok):
     traj = episode(tok, [call_text(CALL), "37 × 59 = 2183."])
     assert traj.messages[3] == {"role": "tool", "content": "2183"}
     p = trajectory_parts(RECORD, traj)
-    assert p == {"answer": 1.0, "valid": 1.0, "unfinished": 0.0, "wasted": 0.0, "calls": 1.0}
+    assert p == {"answer": 1.0, "valid": 1.0, "needed": 1.0, "unfinished": 0.0, "wasted": 0.0, "calls": 1.0}
     assert ToolReward().total(p) == pytest.approx(1.0)
 
 
@@ -96,6 +96,22 @@ def test_invalid_repeated_and_failing_calls_are_wasted_and_unfinished_is_penalis
     assert ToolReward().total(q) < ToolReward().total(trajectory_parts(RECORD, episode(tok, ["I do not know."])))
 
 
+def test_needed_call_weight_rewards_calling_the_tool_the_task_needs(tok):
+    """--needed-call-weight: with the record's "tool", a right answer from memory earns less than
+    the same answer after calling that tool; with weight 0 (default) both earn the same."""
+    rec = {"gt": "2183", "tool": "calculator"}
+    looked_up = trajectory_parts(rec, episode(tok, [call_text(CALL), "37 × 59 = 2183."]))
+    memory = trajectory_parts(rec, episode(tok, ["37 × 59 = 2183."]))
+    other = trajectory_parts(rec, episode(tok, [call_text({"name": "weather", "arguments": {"city": "Paris"}}),
+                                                "37 × 59 = 2183."]))
+    assert (looked_up["needed"], memory["needed"], other["needed"]) == (1.0, 0.0, 0.0)
+    assert trajectory_parts(RECORD, episode(tok, ["37 × 59 = 2183."]))["needed"] == 1.0  # no "tool": no demand
+    plain, weighted = ToolReward(), ToolReward(ToolRewardWeights(needed=0.3))
+    assert plain.total(looked_up) == pytest.approx(plain.total(memory)) == pytest.approx(1.0)
+    assert weighted.total(looked_up) == pytest.approx(1.3) and weighted.total(memory) == pytest.approx(1.0)
+    assert weighted.total(other) == pytest.approx(1.0)
+
+
 def test_tool_reward_needs_trajectories():
     with pytest.raises(ValueError, match="--agent"):
         ToolReward().score([RECORD], [{"content": "2183"}])
@@ -106,7 +122,8 @@ def test_tool_reward_needs_trajectories():
 @pytest.fixture(scope="module")
 def agent_prompts(tmp_path_factory):
     path = tmp_path_factory.mktemp("agent") / "agent_rl.jsonl"
-    recs = [{"conversations": prompt(), "gt": "2183"}, {"conversations": prompt(("calculator",)), "gt": "2183"}]
+    recs = [{"conversations": prompt(), "gt": "2183"},
+            {"conversations": prompt(("calculator",)), "gt": "2183", "tool": "calculator"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
 
@@ -129,6 +146,7 @@ def test_rollout_trains_only_the_sampled_tokens_of_each_trajectory(tok, policy_c
     good = [call_text(CALL), "37 × 59 = 2183."]
     spray = [call_text(CALL), "2181, 2182, 2183"]
     src = agent_source(tok, policy_ckpt, agent_prompts, scripted(tok, [good, spray]))
+    assert [r["tool"] for r in load_rl_records(agent_prompts)] == [None, "calculator"]  # kept for the reward
     kept, stats = src.collect()
     roll = src.tensors(kept)
     assert len(kept["rewards"]) == 8 and sorted(set(kept["rewards"])) == pytest.approx([0.1, 1.0])

@@ -166,6 +166,10 @@ def test_other_options_reprepare(tmp_path, tok):
     assert lengths.max() == 21
     assert cut.meta["truncated"] == sum(len(ids) > 21 for ids, _ in render_chat_batch(tok, convs)) > 0
     assert cut.n_tokens < full.n_tokens
+    longest = max(len(ids) for ids, _ in render_chat_batch(tok, convs))
+    assert cut.meta["longest"] == full.meta["longest"] == longest > 21
+    whole = prepare(src, tok, out, max_seq_len=longest - 1, progress=False)  # what the note advises
+    assert whole.meta["truncated"] == 0 and whole.n_tokens == full.n_tokens
 
 
 def test_bad_record_in_error_mode_leaves_nothing(tmp_path, tok, texts):
@@ -293,6 +297,8 @@ def test_rows_with_no_target_left_after_the_cut_are_dropped_and_counted(tmp_path
     err = capsys.readouterr().err
     assert info.n_records == 6 and info.meta["dropped_no_target"] == 3 and info.meta["truncated"] == 3
     assert "3 cut to max_seq_len=40" in err and "3 dropped: no assistant token left" in err
+    longest = max(len(ids) for ids, _ in render_chat_batch(tok, convs))
+    assert f"(the longest has {longest} tokens: --max-seq-len {longest - 1} keeps every record whole)" in err
     data = load_prepared(tmp_path / "out")
     for i, (ids, mask) in enumerate(render_chat_batch(tok, short)):  # the kept rows, in order, unchanged
         assert data.docs.ids(i).tolist() == list(ids)[:limit + 1]

@@ -123,17 +123,18 @@ class _TokenFileWriter:
 
 # ----------------------------------------------------------------------------- tokenizing
 
-def _truncate(pairs: list, limit: int | None) -> tuple[list, list, int]:
-    """(ids, mask) pairs -> (ids list, mask list, how many were cut to `limit` tokens)."""
+def _truncate(pairs: list, limit: int | None) -> tuple[list, list, int, int]:
+    """(ids, mask) pairs -> (ids list, mask list, how many were cut to `limit` tokens, the longest's
+    length before the cut)."""
     ids = [list(p[0]) for p in pairs]
     masks = [list(p[1]) for p in pairs]
-    cut = 0
+    cut, longest = 0, max((len(x) for x in ids), default=0)
     if limit is not None:
         for i, seq in enumerate(ids):
             if len(seq) > limit:
                 ids[i], masks[i] = seq[:limit], masks[i][:limit]
                 cut += 1
-    return ids, masks, cut
+    return ids, masks, cut, longest
 
 
 def _render(tok: Tokenizer, convs: list, lines: list[int], path: Path) -> list:
@@ -158,30 +159,31 @@ def _has_target(mask: list) -> bool:
 
 
 def _add_chunk(kind: str, tok: Tokenizer, chunk: list, writers: dict, limit: int | None,
-               path: Path) -> tuple[int, int]:
+               path: Path) -> tuple[int, int, int]:
     """Tokenize one chunk of (line, record) with one batch call.
 
-    Returns (records truncated, records dropped for having no trained token after truncation)."""
+    Returns (records truncated, records dropped for having no trained token after truncation,
+    the longest record's length in tokens before truncation)."""
     lines, records = [ln for ln, _ in chunk], [rec for _, rec in chunk]
     if kind == "pretrain":
         seqs = tok.encode_batch([r["text"] for r in records])
         eot = tok.eot_id
         writers["docs"].add([list(s) + [eot] for s in seqs])
-        return 0, 0
+        return 0, 0, 0
     if kind == "sft":
         pairs = _render(tok, [r["conversations"] for r in records], lines, path)
-        ids, masks, cut = _truncate(pairs, limit)
+        ids, masks, cut, longest = _truncate(pairs, limit)
         keep = [i for i, m in enumerate(masks) if _has_target(m)]
         writers["docs"].add([ids[i] for i in keep], [masks[i] for i in keep])
-        return cut, len(ids) - len(keep)
+        return cut, len(ids) - len(keep), longest
     # dpo: chosen and rejected rendered in the same call, split afterwards
     n = len(records)
     convs = [r["chosen"] for r in records] + [r["rejected"] for r in records]
-    ids, masks, cut = _truncate(_render(tok, convs, lines + lines, path), limit)
+    ids, masks, cut, longest = _truncate(_render(tok, convs, lines + lines, path), limit)
     keep = [i for i in range(n) if _has_target(masks[i]) and _has_target(masks[n + i])]
     writers["chosen"].add([ids[i] for i in keep], [masks[i] for i in keep])
     writers["rejected"].add([ids[n + i] for i in keep], [masks[n + i] for i in keep])
-    return cut, n - len(keep)
+    return cut, n - len(keep), longest
 
 
 def _chunks(iterable, size: int):
@@ -299,7 +301,9 @@ def prepare(
 def _cut_note(meta: dict) -> str:
     notes = []
     if meta.get("truncated"):
-        notes.append(f"{meta['truncated']} cut to max_seq_len={meta['max_seq_len']}")
+        notes.append(f"{meta['truncated']} cut to max_seq_len={meta['max_seq_len']}"
+                     + (f" (the longest has {meta['longest']} tokens: --max-seq-len {meta['longest'] - 1} keeps "
+                        f"every record whole)" if meta.get("longest") else ""))
     if meta.get("dropped_no_target"):
         notes.append(f"{meta['dropped_no_target']} dropped: no assistant token left after the cut")
     return "; " + ", ".join(notes) if notes else ""
@@ -316,14 +320,14 @@ def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: 
     }
     stats = RecordStats()
     records = iter_records(input_path, kind, wanted["on_bad_record"], stats)
-    truncated = dropped = 0
+    truncated = dropped = longest = 0
     bar = tqdm(total=wanted["source"]["size"], unit="B", unit_scale=True, desc=f"prepare {input_path.name}",
                disable=not progress, file=sys.stderr)
     try:
         with bar:
             for chunk in _chunks(records, CHUNK_LINES):
-                cut, empty = _add_chunk(kind, tok, chunk, writers, limit, input_path)
-                truncated, dropped = truncated + cut, dropped + empty
+                cut, empty, most = _add_chunk(kind, tok, chunk, writers, limit, input_path)
+                truncated, dropped, longest = truncated + cut, dropped + empty, max(longest, most)
                 bar.update(stats.bytes_read - bar.n)
     finally:
         for w in writers.values():
@@ -349,6 +353,7 @@ def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: 
         skipped_examples=stats.reasons,
         truncated=truncated,
         dropped_no_target=dropped,
+        longest=longest,  # tokens of the longest record before the cut (chat kinds)
     )
     if kind == "dpo":
         meta["parts"] = sizes

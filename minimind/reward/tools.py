@@ -3,7 +3,8 @@
 A trajectory (agent.py) is the model's whole episode: its calls, the tools' results and its final
 reply. Its reward is
 
-    R = w_answer * answer + w_valid * valid - w_unfinished * unfinished - w_waste * min(wasted, max_waste)
+    R = w_answer * answer + w_valid * valid + w_needed * needed
+        - w_unfinished * unfinished - w_waste * min(wasted, max_waste)
 
     answer      1 if the final reply *states* the ground truth gt (rules.answer_reward: the last number
                 is gt and no other number appears that the question did not contain; a text answer
@@ -11,11 +12,16 @@ reply. Its reward is
                 pasting a whole weather report (humidity, wind) to a question about the temperature.
     valid       the share of calls that are valid for the schemas the conversation offered (an offered
                 tool, arguments matching its JSON schema); 1 when no call was made
+    needed      1 if the trajectory called the tool the task needs (the record's "tool", as in
+                agent_rl.jsonl) or the record names none; 0 otherwise. Its weight is 0 by default: a
+                model may answer from memory. With w_needed > 0 answering a lookup question from memory
+                earns less than looking it up, so RL cannot win by abandoning a tool it calls badly
     unfinished  1 if the trajectory did not end with an answer: it ran out of tokens or of tool rounds
     wasted      calls that bought nothing: invalid calls, calls the tool answered with an error, and
                 repeats of a call already made
 
-With the default weights R lies in [-0.4, 1]; an exact, stated answer reached with valid calls scores 1.
+With the default weights R lies in [-0.4, 1]; an exact, stated answer reached with valid calls scores 1
+(1 + w_needed with the needed call).
 The group-relative objectives (GRPO, CISPO) only see differences within a group, so the scale matters
 for PPO/SPO alone.
 """
@@ -34,6 +40,7 @@ class ToolRewardWeights:
     valid: float = 0.1
     unfinished: float = 0.2
     waste: float = 0.05
+    needed: float = 0.0
     max_waste: int = 4
 
 
@@ -42,7 +49,7 @@ def _key(call: dict) -> str:
 
 
 def trajectory_parts(record: dict, traj) -> dict[str, float]:
-    """{"answer", "valid", "unfinished", "wasted", "calls"} of one finished trajectory."""
+    """{"answer", "valid", "needed", "unfinished", "wasted", "calls"} of one finished trajectory."""
     from ..agent import call_is_valid
 
     calls = traj.tool_calls
@@ -53,7 +60,9 @@ def trajectory_parts(record: dict, traj) -> dict[str, float]:
     finished = traj.finish == "stop"
     prompt = {"conversations": traj.messages[:traj.given], "gt": record["gt"]}
     answer = answer_reward(prompt, traj.reply) if finished and not traj.reply.get("tool_calls") else 0.0
+    needed = record.get("tool")
     return {"answer": answer, "valid": sum(valid) / len(calls) if calls else 1.0,
+            "needed": float(not needed or any(c.get("name") == needed for c in calls)),
             "unfinished": float(not finished), "wasted": float(sum(not v for v in valid) + errors + repeats),
             "calls": float(len(calls))}
 
@@ -72,7 +81,7 @@ class ToolReward:
 
     def total(self, p: dict[str, float]) -> float:
         w = self.w
-        return (w.answer * p["answer"] + w.valid * p["valid"] - w.unfinished * p["unfinished"]
+        return (w.answer * p["answer"] + w.valid * p["valid"] + w.needed * p["needed"] - w.unfinished * p["unfinished"]
                 - w.waste * min(p["wasted"], w.max_waste))
 
     def score(self, records: list[dict], replies: list[dict]) -> tuple[list[float], dict[str, list[float]]]:

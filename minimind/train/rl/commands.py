@@ -55,7 +55,8 @@ def cmd_rl(args):
                               not args.no_dynamic_sampling, args.max_refills, args.think == "on",
                               args.agent, args.max_tool_rounds),
         reward=RewardConfig(parse_rules(args.rules), args.rule_weight, args.reward_model, args.reward_model_weight,
-                            args.external_reward_model, args.external_weight, args.trust_remote_code),
+                            args.external_reward_model, args.external_weight, args.trust_remote_code,
+                            needed_call_weight=args.needed_call_weight),
         beta=args.beta, eps_low=args.eps_low, eps_high=args.eps_high, level=args.level, gamma=args.gamma,
         lam=args.lam, value_coef=args.value_coef, rollouts=args.rollouts, eval_data=args.eval_data,
         eval_limit=args.eval_limit, eval_prompts=args.eval_prompts, on_bad_record=args.on_bad_record)
@@ -109,6 +110,9 @@ def add_rl_command(sub, algo: str) -> None:
                         "states gt, calls are valid, small penalties for unfinished trajectories and wasted calls "
                         "(replaces --rules; data: agent_rl.jsonl)")
     r.add_argument("--max-tool-rounds", type=int, default=2, help="--agent: tool rounds per trajectory (default 2)")
+    r.add_argument("--needed-call-weight", type=float, default=0.0,
+                   help="--agent: reward for calling the tool the task needs (the prompt's 'tool' field), on top "
+                        "of the answer's 0.9; default 0 (answering from memory is as good as looking it up)")
     o = p.add_argument_group("objective")
     o.add_argument("--beta", type=float, default=0.02, help="KL strength (default 0.02)")
     o.add_argument("--eps-low", type=float, default=0.2, help="clip range below 1 (grpo, ppo)")

@@ -82,7 +82,8 @@ def load_rl_records(path, on_bad_record: str = "error", need_gt: bool = False) -
         if need_gt and "gt" not in r:
             raise UserError(f"{path}:{lineno}: no 'gt' (ground truth) field: the rule reward needs one; "
                             f"add gt to every record or use a reward model (--reward-model)")
-        out.append({"conversations": conv, "gt": r.get("gt"), "key": f"{lineno}"})
+        out.append({"conversations": conv, "gt": r.get("gt"), "key": f"{lineno}",
+                    "tool": r.get("tool")})  # agent_rl.jsonl: the tool the task needs
     if not out:
         raise UserError(f"{path}: no RL prompts")
     return out

@@ -32,6 +32,7 @@ class RewardConfig:
     external_weight: float = 1.0
     trust_remote_code: bool = False
     agent: bool = False  # score tool-using trajectories (reward/tools.py) instead of the rules; set from RolloutConfig
+    needed_call_weight: float = 0.0  # --agent: reward for calling the tool the task needs (reward/tools.py)
 
 
 @dataclass
@@ -63,9 +64,9 @@ def build_reward(rc: RewardConfig, think: bool, device):
 
     sources = []
     if rc.agent and rc.rule_weight:
-        from ...reward.tools import ToolReward
+        from ...reward.tools import ToolReward, ToolRewardWeights
 
-        sources.append((ToolReward(), rc.rule_weight))
+        sources.append((ToolReward(ToolRewardWeights(needed=rc.needed_call_weight)), rc.rule_weight))
     elif rc.rules and rc.rule_weight:
         sources.append((RuleReward(rc.rules, think=think), rc.rule_weight))
     if rc.reward_model:
