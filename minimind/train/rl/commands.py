@@ -43,6 +43,8 @@ def cmd_rl(args):
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 for RL sampling, got {args.temperature}")
+    if args.needed_call_weight < 0:
+        raise UserError(f"--needed-call-weight must be >= 0, got {args.needed_call_weight:g}")
     group = args.group_size if args.algo in ("grpo", "cispo") else 1
     rows = args.prompts_per_rollout * group
     if rows < args.minibatches * args.micro_batches:
