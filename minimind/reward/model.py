@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import MiniMindModel
+from ..train.pretrain import cross_entropy
 
 CENTER_FILE = "reward.json"
 
@@ -108,8 +109,7 @@ class BradleyTerry:
         ids, index = with_suffix(torch.cat([ids_w, ids_l]), self.pad_id, self.suffix)  # (2B, T+1)
         if self.lm_coef:
             r, logits = model(ids, index, lm_rows=B)  # (2B,), (B, T+1, V)
-            lm = F.cross_entropy(logits[:, :T].flatten(0, 1).float(), batch["chosen_labels"].flatten(),
-                                 ignore_index=-100)
+            lm = cross_entropy(logits[:, :T], batch["chosen_labels"])  # the suffix column predicts nothing
         else:
             r = model(ids, index)  # (2B,)
         r_w, r_l = r[:B], r[B:]

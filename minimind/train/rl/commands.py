@@ -171,11 +171,11 @@ def cmd_reward_train(args):
 
     if not args.init:
         raise UserError("reward train: pass --init CHECKPOINT (an SFT model: its trunk starts the reward model)")
+    if args.lm_coef < 0:
+        raise UserError(f"reward train: --lm-coef must be >= 0, got {args.lm_coef:g}")
     cfg = run_config(args, "reward")
     seed_everything(args.seed)
     lm, tok = load_checkpoint(args.init)
-    if args.lm_coef < 0:
-        raise UserError(f"reward train: --lm-coef must be >= 0, got {args.lm_coef:g}")
     if args.lm_coef and not lm.config.tie_word_embeddings:
         raise UserError("reward train: --lm-coef needs a model with tied embeddings (tie_word_embeddings); "
                         "pass --lm-coef 0")
