@@ -6,6 +6,7 @@ shows up here.
 """
 
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from minimind import tools
+from minimind.data import synth as synth_mod
 from minimind.data.synth import synth_corpus
 from minimind.data.synth_tools import TOOL_NAMES
 from minimind.errors import UserError
@@ -460,3 +462,31 @@ def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
         assert (int(ones[0]), int(ones[1])) == (a % 10, b % 10) and a + b == c, text
     # fewer subjects (TABLE_SIZES), so fewer held-out facts than the default corpus
     assert 30 < len(m["heldout"]["facts"]) < len(synth["manifest"]["heldout"]["facts"])
+
+
+def test_training_tool_tasks_a_model_cannot_answer_from_memory(monkeypatch):
+    """With the shares at 1, every training lookup is about an invented subject and every clock task runs
+    at another instant: the answer is the tool's result, and the built-in tables do not hold it."""
+    from minimind.data.synth_tools import ToolTasks
+
+    monkeypatch.setattr(ToolTasks, "INVENTED_SHARE", 1.0)
+    monkeypatch.setattr(ToolTasks, "CLOCK_SHARE", 1.0)
+    tt, rng = ToolTasks(synth_mod.Gen(0)), random.Random(0)
+    lookups = [tt.train(rng, "lookup") for _ in range(60)]
+    for t in lookups:
+        assert t.gt == t.result and t.result in t.answer and t.arguments["subject"] in t.question
+        assert tools.execute({"name": "lookup", "arguments": t.arguments}).startswith("error: lookup: unknown subject")
+    assert len({t.arguments["subject"] for t in lookups}) > 50
+    for kind in ("current_time", "weather"):
+        tasks = [tt.train(rng, kind, lang="en") for _ in range(60)]
+        assert all(t.gt in t.result and t.gt in t.answer for t in tasks)
+        by_city = {}
+        for t in tasks:
+            by_city.setdefault(next(iter(t.arguments.values())), set()).add(t.result)
+        repeated = [results for results in by_city.values() if len(results) > 1]
+        assert repeated, kind  # a city asked twice answers differently
+    assert "2025-05-20" in tools.execute({"name": "current_time", "arguments": {"timezone": "Paris"}})
+    monkeypatch.setattr(ToolTasks, "INVENTED_SHARE", 0.0)
+    monkeypatch.setattr(ToolTasks, "CLOCK_SHARE", 0.0)
+    plain = [tt.train(rng, "lookup") for _ in range(20)]
+    assert all(tools.execute({"name": "lookup", "arguments": t.arguments}) == t.result for t in plain)

@@ -1,6 +1,7 @@
 """The tool set: each tool's results, hostile inputs, validation, limits, user tools, old import path."""
 
 import json
+import random
 import threading
 
 import pytest
@@ -9,6 +10,9 @@ from minimind import tools
 from minimind.data.synth import RELATIONS, _facts, _subjects, fact_table
 from minimind.errors import UserError
 from minimind.tools import ToolRegistry, default_registry
+from minimind.data.invented import TABLES, invent
+from minimind.tools import mocks
+from minimind.tools.lookup import Encyclopedia
 from minimind.tools.mocks import CITIES, DEFAULT_NOW, NOW_ENV, RATES, city_weather
 
 BUILTIN_NAMES = ["calculator", "unit_converter", "lookup", "current_time", "weather", "exchange_rate"]
@@ -206,6 +210,43 @@ def test_weather_is_a_fixed_table(reg):
         assert run(reg, "weather", city=zh).startswith(zh + "：")
     assert "did you mean 'London'?" in run(reg, "weather", city="Londn")
     assert "must be one of 'celsius', 'fahrenheit'; got 'kelvin'" in run(reg, "weather", city="Paris", unit="kelvin")
+
+
+def test_the_mock_clock_can_be_set_for_a_block_and_moves_the_weather(reg, monkeypatch):
+    monkeypatch.delenv(NOW_ENV, raising=False)
+    before = [run(reg, "weather", city=en) for en, _, _ in CITIES] + [run(reg, "current_time", timezone="Paris")]
+    with mocks.at("2025-03-02T23:10Z"):  # the registry runs tools in a worker thread: the clock holds there too
+        assert run(reg, "current_time", timezone="Paris") == "Monday 2025-03-03 00:10 in Paris (UTC+01:00) [mock clock]"
+        other_day = [run(reg, "weather", city=en) for en, _, _ in CITIES]
+        assert [run(reg, "weather", city=en) for en, _, _ in CITIES] == other_day  # fixed for that day
+    changed = sum(a != b for a, b in zip(before, other_day))
+    assert changed > len(CITIES) * 3 // 4, changed  # another day, another draw for (almost) every city
+    with mocks.at("2025-05-20T23:59Z"):  # DEFAULT_NOW's day in UTC: the built-in weather
+        assert [run(reg, "weather", city=en) for en, _, _ in CITIES] == before[:-1]
+    assert [run(reg, "weather", city=en) for en, _, _ in CITIES] + \
+        [run(reg, "current_time", timezone="Paris")] == before  # back to the default clock after the block
+
+
+def test_an_encyclopedia_of_invented_subjects(reg):
+    rng = random.Random(0)
+    real = {s.name.lower() for s in _subjects()} | {s.zh for s in _subjects()}
+    seen = set()
+    for i in range(200):
+        subject = invent(rng, TABLES[i % len(TABLES)])
+        assert subject.name.lower() not in real and subject.zh not in real
+        seen.add(subject.name)
+        book = Encyclopedia(fact_table([subject]))
+        facts = _facts([subject])
+        assert facts and {f.rel.table for f in facts} == {subject.table}
+        for f in facts:
+            for lang, name in (("en", subject.name), ("zh", subject.zh)):
+                assert book(name, f.rel.name) == f.short(lang)
+                assert f.short(lang) in f.answer_sentence(lang) and name in f.question(lang, rng)
+            assert run(reg, "lookup", subject=subject.name, relation=f.rel.name).startswith(
+                "error: lookup: unknown subject")  # the built-in tool does not know it
+    assert len(seen) > 150  # fresh names, not a small list
+    with pytest.raises(ValueError, match="no invented subjects for table 'planet'"):
+        invent(rng, "planet")
 
 
 def test_exchange_rate_is_a_fixed_table(reg):

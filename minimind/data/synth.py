@@ -1568,13 +1568,13 @@ if __name__ == "__main__":
     main()
 
 
-def fact_table() -> list[dict]:
-    """Every subject/relation pair of the fact tables with its short answers, for the `lookup` tool.
+def fact_table(subjects: list[Subject] | None = None) -> list[dict]:
+    """Every subject/relation pair of the fact tables (or of `subjects`) with its short answers, for `lookup`.
 
     Rows {"table", "subject", "subject_zh", "relation", "answer", "answer_zh"}. Unlike `_facts`, pairs
     whose value is zero are kept ("Mercury has no moons" is a fact too: moons = "0").
     """
-    subjects = _subjects()
+    subjects = _subjects() if subjects is None else subjects
     facts = [Fact(rel, s) for rel in RELATIONS for s in subjects if s.table == rel.table]
     return [{"table": f.subj.table, "subject": f.subj.name, "subject_zh": f.subj.zh, "relation": f.rel.name,
              "answer": f.short("en"), "answer_zh": f.short("zh")} for f in facts]

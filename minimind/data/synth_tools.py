@@ -39,14 +39,20 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from .. import tools as toolset
+from ..tools import mocks
+from ..tools.lookup import Encyclopedia
 from ..tools.mocks import CITIES
+from . import invented
 
 TOOL_NAMES = ["calculator", "lookup", "unit_converter", "current_time", "weather", "exchange_rate"]
 # how often each tool is the one needed, in training data and RL prompts
 TOOL_WEIGHTS = {"calculator": 25, "lookup": 30, "unit_converter": 15, "current_time": 10, "weather": 10,
                 "exchange_rate": 10}
+
+_YEAR_START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 TOOL_SYSTEM = ("You are MiniMind, a helpful assistant. You can call tools when they help.",
                "你是MiniMind，一个乐于助人的助手，必要时可以调用工具。")
@@ -156,11 +162,12 @@ def calculator_task(rng: random.Random, lang: str, pair: tuple[int, int] | None,
     return ToolTask("calculator", lang, q, {"expression": expr}, result, answer, result)
 
 
-def lookup_task(rng: random.Random, lang: str, fact) -> ToolTask:
-    """A fact question; the answer is the corpus's one answer sentence ("The capital of France is Paris.")."""
+def lookup_task(rng: random.Random, lang: str, fact, book: Encyclopedia | None = None) -> ToolTask:
+    """A fact question; the answer is the corpus's one answer sentence ("The capital of France is Paris.").
+    `book`: the encyclopedia that answers (an invented subject's); by default the built-in lookup tool."""
     subject = fact.subj.name if lang == "en" else fact.subj.zh
     args = {"subject": subject, "relation": fact.rel.name}
-    result = _run("lookup", args)
+    result = book(**args) if book else _run("lookup", args)
     if result != fact.short(lang):
         raise RuntimeError(f"synth_tools: lookup{args} -> {result!r}, the corpus says {fact.short(lang)!r}")
     return ToolTask("lookup", lang, fact.question(lang, rng), args, result, fact.answer_sentence(lang), result)
@@ -221,7 +228,17 @@ def fx_task(rng: random.Random, lang: str, key: tuple[int, int, int]) -> ToolTas
 # ============================================================================ training and held-out draws
 
 class ToolTasks:
-    """Draws tool tasks for training (never a held-out key) or lists the held-out ones."""
+    """Draws tool tasks for training (never a held-out key) or lists the held-out ones.
+
+    Tasks whose result a model could remember instead of read are, in part, made unrememberable:
+    `INVENTED_SHARE` of the training lookups ask about an invented subject (invented.py) that only
+    the tool's answer names, and `CLOCK_SHARE` of the current_time and weather tasks run at a random
+    instant of the mock clock (so a city's time and weather change from one conversation to the
+    next). Held-out tasks and RL prompts keep the built-in tables and the default clock.
+    """
+
+    INVENTED_SHARE = 0.0
+    CLOCK_SHARE = 0.0
 
     def __init__(self, g):
         self.g = g  # synth.Gen: facts, the corpus split, guarded samplers
@@ -238,13 +255,24 @@ class ToolTasks:
             big = rng.random() < 0.2
             return calculator_task(rng, lang, None if big else self.g.mul_pair(rng), big)
         if tool == "lookup":
+            if rng.random() < self.INVENTED_SHARE:
+                from .synth import Fact, RELATIONS, fact_table
+
+                subject = invented.invent(rng, rng.choice(invented.TABLES))
+                rel = rng.choice([r for r in RELATIONS if r.table == subject.table])
+                return lookup_task(rng, lang, Fact(rel, subject), Encyclopedia(fact_table([subject])))
             return lookup_task(rng, lang, self.g.train_fact(rng))
         if tool == "unit_converter":
             return unit_task(rng, lang, self._fresh(rng, self.split.unit, self._unit_key))
         if tool == "exchange_rate":
             return fx_task(rng, lang, self._fresh(rng, self.split.fx, self._fx_key))
         city = rng.choice(self.train_cities[tool])
-        return (time_task if tool == "current_time" else weather_task)(rng, lang, city)
+        task = time_task if tool == "current_time" else weather_task
+        if rng.random() < self.CLOCK_SHARE:  # any minute of 2025
+            instant = _YEAR_START + timedelta(days=rng.randrange(365), minutes=rng.randrange(24 * 60))
+            with mocks.at(instant.isoformat()):
+                return task(rng, lang, city)
+        return task(rng, lang, city)
 
     @staticmethod
     def _fresh(rng: random.Random, held: set, draw) -> tuple:

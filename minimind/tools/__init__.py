@@ -24,9 +24,9 @@ Built-in tools (real ones first, then the mocks):
                                          country, planet_order/moons of a planet, symbol/atomic_number of
                                          an element, animal_class/diet/legs of an animal, inventor of an
                                          invention; English or Chinese subject (answer in that language)
-    current_time(timezone)               MOCK: a fixed clock ($MINIMIND_MOCK_NOW, default 2025-05-20T08:30Z)
-                                         shown in a city, IANA zone or UTC offset
-    weather(city, unit)                  MOCK: one fixed forecast per city of a table
+    current_time(timezone)               MOCK: a fixed clock (`with mocks.at(instant)`, else $MINIMIND_MOCK_NOW,
+                                         else 2025-05-20T08:30Z) shown in a city, IANA zone or UTC offset
+    weather(city, unit)                  MOCK: one fixed forecast per city of a table and day of the mock clock
     exchange_rate(base, quote, amount)   MOCK: fixed demonstration rates from a table
 
 The mocks are deterministic so that training data, rewards and benchmark answers stay true; their

@@ -45,35 +45,45 @@ def _schema() -> dict:
 SCHEMA = _schema()
 
 
+class Encyclopedia:
+    """lookup over a list of fact rows ({"table", "subject", "subject_zh", "relation", "answer",
+    "answer_zh"}, as `fact_table()` writes them): the built-in tool is the one over the corpus's table;
+    the training data also asks one over invented subjects that no other text states (synth_tools.py)."""
+
+    def __init__(self, rows: list[dict]):
+        entries: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            entry = entries.setdefault((row["table"], row["subject"]),
+                                       {"name": row["subject"], "zh": row["subject_zh"], "table": row["table"],
+                                        "answers": {}})
+            entry["answers"][row["relation"]] = (row["answer"], row["answer_zh"])
+        # a subject's value is {table: entry}, so the relation decides between tables should two share a name
+        by_name: dict[str, dict] = {}
+        for e in entries.values():
+            for name in (e["name"], e["zh"]):
+                by_name.setdefault(name, {})[e["table"]] = e
+        kinds = ", ".join(_PLURAL.get(t, t + "s") for t in _relations_by_table())
+        self.subjects = Names("subject", by_name.items(), hint=f"Subjects are the {kinds} of the built-in corpus.")
+        self.relations = Names("relation", [(r.name, r) for r in RELATIONS], listed=[r.name for r in RELATIONS])
+
+    def __call__(self, subject: str, relation: str) -> str:
+        by_table, rel = self.subjects(subject), self.relations(relation)
+        entry = by_table.get(rel.table)
+        if entry is None:
+            entry = next(iter(by_table.values()))
+            asks = ", ".join(entry["answers"])
+            raise ToolError(f"{rel.name!r} is not a relation of {entry['name']} (one of the "
+                            f"{_PLURAL.get(entry['table'], entry['table'])}); ask for {asks}")
+        en, zh = entry["answers"][rel.name]
+        return zh if is_chinese(subject) else en
+
+
 @lru_cache(maxsize=1)
-def _tables() -> tuple[Names, Names]:
-    """(subjects, relations). A subject's value is {table: {"name", "table", "answers": {relation: (en, zh)}}},
-    so the relation decides between tables should two tables ever share a name."""
-    entries: dict[tuple[str, str], dict] = {}
-    for row in fact_table():
-        entry = entries.setdefault((row["table"], row["subject"]),
-                                   {"name": row["subject"], "zh": row["subject_zh"], "table": row["table"],
-                                    "answers": {}})
-        entry["answers"][row["relation"]] = (row["answer"], row["answer_zh"])
-    by_name: dict[str, dict] = {}
-    for e in entries.values():
-        for name in (e["name"], e["zh"]):
-            by_name.setdefault(name, {})[e["table"]] = e
-    kinds = ", ".join(_PLURAL.get(t, t + "s") for t in _relations_by_table())
-    subjects = Names("subject", by_name.items(), hint=f"Subjects are the {kinds} of the built-in corpus.")
-    relations = Names("relation", [(r.name, r) for r in RELATIONS], listed=[r.name for r in RELATIONS])
-    return subjects, relations
+def builtin() -> Encyclopedia:
+    """The encyclopedia of the built-in corpus (built once, on the first call)."""
+    return Encyclopedia(fact_table())
 
 
 def lookup(subject: str, relation: str) -> str:
     """The short answer: lookup("France", "capital") -> "Paris"; in Chinese for a Chinese subject."""
-    subjects, relations = _tables()
-    by_table, rel = subjects(subject), relations(relation)
-    entry = by_table.get(rel.table)
-    if entry is None:
-        entry = next(iter(by_table.values()))
-        asks = ", ".join(entry["answers"])
-        raise ToolError(f"{rel.name!r} is not a relation of {entry['name']} (one of the "
-                        f"{_PLURAL.get(entry['table'], entry['table'])}); ask for {asks}")
-    en, zh = entry["answers"][rel.name]
-    return zh if is_chinese(subject) else en
+    return builtin()(subject, relation)

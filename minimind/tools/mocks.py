@@ -4,14 +4,20 @@ None of these reads the world. Their answers are fixed, so that a training examp
 and a benchmark's expected answer stay true forever, and every schema description and every
 result says they are mocks ("[mock clock]", "[mock weather]", "[mock rates]"; "[模拟…]" in Chinese).
 
-* current_time(timezone): a fixed clock. The instant is $MINIMIND_MOCK_NOW (ISO 8601, e.g.
-  "2025-05-20T08:30:00Z"; no zone means UTC) or else DEFAULT_NOW, shown in the asked time zone:
+* current_time(timezone): a fixed clock. The instant is the one `at(instant)` set for the code inside
+  it, else $MINIMIND_MOCK_NOW (ISO 8601, e.g. "2025-05-20T08:30:00Z"; no zone means UTC), else
+  DEFAULT_NOW, shown in the asked time zone:
   a city of the CITIES table (English or Chinese name), an IANA zone ("Asia/Shanghai", via the
   standard library's zoneinfo, so daylight saving time is right for the mock date), or an offset
   ("UTC+8", "-05:00").
-* weather(city, unit): each city of CITIES has one fixed weather, drawn once from a hash (CRC-32)
-  of its English name: a condition, a temperature in -4..31 °C (-5..0 °C when it snows), humidity
-  and wind. Celsius or Fahrenheit (F = C * 9/5 + 32).
+* weather(city, unit): each city of CITIES has one fixed weather per day of the mock clock, drawn
+  from a hash (CRC-32) of its English name (on DEFAULT_NOW's day) or of "name/YYYY-MM-DD" (on any
+  other day): a condition, a temperature in -4..31 °C (-5..0 °C when it snows), humidity and wind.
+  Celsius or Fahrenheit (F = C * 9/5 + 32).
+
+Training data sets the clock per conversation (`at`), so that the same city answers differently
+and a model has to read the result instead of remembering a city's value; the held-out tasks and
+the benchmark keep DEFAULT_NOW.
 * exchange_rate(base, quote, amount): fixed demonstration rates (RATES: units per US dollar, roughly
   of 2024), converted through the dollar:  amount * RATES[quote] / RATES[base].
 
@@ -23,6 +29,8 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone as dt_timezone
 from zoneinfo import ZoneInfo
 
@@ -125,9 +133,22 @@ def _label(kind: str, zh: bool) -> str:
 
 # ---------------------------------------------------------------------------- current_time
 
+_NOW: ContextVar[str | None] = ContextVar("minimind_mock_now", default=None)
+
+
+@contextmanager
+def at(instant: str):
+    """Run the mocks inside at another instant (ISO 8601): `with at("2025-01-02T23:10Z"): weather("Paris")`."""
+    token = _NOW.set(instant)
+    try:
+        yield
+    finally:
+        _NOW.reset(token)
+
+
 def mock_now() -> datetime:
-    """The mock clock's instant (timezone-aware): $MINIMIND_MOCK_NOW or DEFAULT_NOW."""
-    text = os.environ.get(NOW_ENV) or DEFAULT_NOW
+    """The mock clock's instant (timezone-aware): the one `at` set, $MINIMIND_MOCK_NOW or DEFAULT_NOW."""
+    text = _NOW.get() or os.environ.get(NOW_ENV) or DEFAULT_NOW
     try:
         now = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -178,8 +199,11 @@ def current_time(timezone: str = "UTC") -> str:
 # ---------------------------------------------------------------------------- weather
 
 def city_weather(english_name: str) -> dict:
-    """The fixed mock weather of a city: {"condition": (en, zh), "celsius", "humidity", "wind_kmh"}."""
-    h = zlib.crc32(english_name.encode("utf-8"))
+    """The mock weather of a city on the mock clock's day: {"condition": (en, zh), "celsius", "humidity",
+    "wind_kmh"}."""
+    day = mock_now().date().isoformat()
+    key = english_name if day == DEFAULT_NOW[:10] else f"{english_name}/{day}"
+    h = zlib.crc32(key.encode("utf-8"))
     condition = CONDITIONS[h % len(CONDITIONS)]
     celsius = (h >> 8) % 36 - 4                   # -4 .. 31
     if condition[0] == "snowy":

@@ -23,6 +23,7 @@ model reads and can correct. In order:
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
 import re
@@ -287,7 +288,9 @@ class ToolRegistry:
             finally:
                 done.set()
 
-        thread = threading.Thread(target=work, name=f"tool:{tool.name}", daemon=True)
+        # the caller's context variables (e.g. the mock clock of mocks.at) hold inside the worker too
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), name=f"tool:{tool.name}",
+                                  daemon=True)
         thread.start()
         if not done.wait(limit):
             with self._lock:
