@@ -307,7 +307,7 @@ def test_sums_and_tool_results_are_correct(any_mix):
 
 def _states(tool, result, text):
     """Whether `text` states the key part of a tool's `result` (this test's own reading of the results)."""
-    pattern = {"unit_converter": r"= (-?[\d.e+-]+) ", "exchange_rate": r"= ([\d.e+]+) ",
+    pattern = {"unit_converter": r"= (-?[\d.e+-]+) ", "exchange_rate": r"= ([\d.e+]+) ", "lookup": r"(?:: |：)(.+)$",
                "current_time": r"(\d\d:\d\d)", "weather": r"(-?[\d.]+) °[CF]"}.get(tool)
     key = result if pattern is None else re.search(pattern, result).group(1)
     return key is not None and key in text
@@ -474,7 +474,7 @@ def test_training_tool_tasks_a_model_cannot_answer_from_memory(monkeypatch):
     tt, rng = ToolTasks(synth_mod.Gen(0)), random.Random(0)
     lookups = [tt.train(rng, "lookup") for _ in range(60)]
     for t in lookups:
-        assert t.gt == t.result and t.result in t.answer and t.arguments["subject"] in t.question
+        assert t.result.endswith(t.gt) and t.gt in t.answer and t.arguments["subject"] in t.question
         assert tools.execute({"name": "lookup", "arguments": t.arguments}).startswith("error: lookup: unknown subject")
     assert len({t.arguments["subject"] for t in lookups}) > 50
     for kind in ("current_time", "weather"):
@@ -490,3 +490,4 @@ def test_training_tool_tasks_a_model_cannot_answer_from_memory(monkeypatch):
     monkeypatch.setattr(ToolTasks, "CLOCK_SHARE", 0.0)
     plain = [tt.train(rng, "lookup") for _ in range(20)]
     assert all(tools.execute({"name": "lookup", "arguments": t.arguments}) == t.result for t in plain)
+    assert all(t.result.endswith(t.gt) and t.gt in t.answer for t in plain)

@@ -12,7 +12,7 @@ from minimind.errors import UserError
 from minimind.tools import ToolRegistry, default_registry
 from minimind.data.invented import TABLES, invent
 from minimind.tools import mocks
-from minimind.tools.lookup import Encyclopedia
+from minimind.tools.lookup import RELATION_ZH, Encyclopedia
 from minimind.tools.mocks import CITIES, DEFAULT_NOW, NOW_ENV, RATES, city_weather
 
 BUILTIN_NAMES = ["calculator", "unit_converter", "lookup", "current_time", "weather", "exchange_rate"]
@@ -129,24 +129,35 @@ def test_unit_converter_errors(reg):
 # ---------------------------------------------------------------------------- lookup
 
 @pytest.mark.parametrize("subject,relation,want", [
-    ("France", "capital", "Paris"), ("法国", "capital", "巴黎"), ("the united states", "Capital", "Washington"),
-    (" UNITED  STATES ", "continent", "North America"), ("Jupiter", "moons", "95"), ("Mercury", "moons", "0"),
-    ("Saturn", "planet order", "sixth"), ("金", "atomic_number", "79"), ("hydrogen", "Atomic Number", "1"),
-    ("gold", "symbol", "Au"), ("the telephone", "inventor", "Alexander Graham Bell"), ("电话", "inventor", "贝尔"),
-    ("snake", "legs", "0"), ("熊猫", "diet", "食草动物"), ("Dolphin", "animal_class", "mammal"),
+    ("France", "capital", "France, capital: Paris"), ("法国", "capital", "法国，首都：巴黎"),
+    ("the united states", "Capital", "the United States, capital: Washington"),
+    (" UNITED  STATES ", "continent", "the United States, continent: North America"),
+    ("Jupiter", "moons", "Jupiter, moons: 95"), ("Mercury", "moons", "Mercury, moons: 0"),
+    ("Saturn", "planet order", "Saturn, planet order: sixth"), ("金", "atomic_number", "金，原子序数：79"),
+    ("hydrogen", "Atomic Number", "hydrogen, atomic number: 1"), ("gold", "symbol", "gold, symbol: Au"),
+    ("the telephone", "inventor", "the telephone, inventor: Alexander Graham Bell"),
+    ("电话", "inventor", "电话，发明者：贝尔"), ("snake", "legs", "snake, legs: 0"), ("熊猫", "diet", "熊猫，食性：食草动物"),
+    ("Dolphin", "animal_class", "dolphin, animal class: mammal"),
 ])
 def test_lookup_results(reg, subject, relation, want):
     assert run(reg, "lookup", subject=subject, relation=relation) == want
+
+
+def _value(result: str) -> str:
+    """The value a lookup result ends with, after "relation: " or "关系："."""
+    return result.split("：")[-1] if "：" in result else result.split(": ", 1)[1]
 
 
 def test_lookup_answers_every_fact_of_the_corpus(reg):
     facts = _facts(_subjects())
     assert len(facts) > 300
     for f in facts:
-        assert tools.lookup(f.subj.name, f.rel.name) == f.short("en"), f.id
-        assert tools.lookup(f.subj.zh, f.rel.name) == f.short("zh"), f.id
+        en, zh = tools.lookup(f.subj.name, f.rel.name), tools.lookup(f.subj.zh, f.rel.name)
+        assert _value(en) == f.short("en") and en.endswith(" " + f.short("en")), f.id
+        assert zh == f"{f.subj.zh}，{RELATION_ZH[f.rel.name]}：{f.short('zh')}", f.id
     rows = fact_table()  # also the zero counts the corpus states as "has no moons"/"has no legs"
-    assert len(rows) > len(facts) and all(tools.lookup(r["subject"], r["relation"]) == r["answer"] for r in rows)
+    assert len(rows) > len(facts) and all(_value(tools.lookup(r["subject"], r["relation"])) == r["answer"]
+                                          for r in rows)
 
 
 def test_lookup_errors(reg):
@@ -240,7 +251,7 @@ def test_an_encyclopedia_of_invented_subjects(reg):
         assert facts and {f.rel.table for f in facts} == {subject.table}
         for f in facts:
             for lang, name in (("en", subject.name), ("zh", subject.zh)):
-                assert book(name, f.rel.name) == f.short(lang)
+                assert _value(book(name, f.rel.name)) == f.short(lang)
                 assert f.short(lang) in f.answer_sentence(lang) and name in f.question(lang, rng)
             assert run(reg, "lookup", subject=subject.name, relation=f.rel.name).startswith(
                 "error: lookup: unknown subject")  # the built-in tool does not know it
@@ -301,7 +312,7 @@ def test_a_parsed_model_reply_executes():
     text = ('<tool_call>\n{"name": "lookup", "arguments": {"subject": "Japan", "relation": "capital"}}\n</tool_call>\n'
             '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>')
     calls = parse_assistant(text)["tool_calls"]
-    assert [tools.execute(c) for c in calls] == ["Tokyo", "42"]
+    assert [tools.execute(c) for c in calls] == ["Japan, capital: Tokyo", "42"]
 
 
 # ---------------------------------------------------------------------------- validation of calls
@@ -346,7 +357,7 @@ def test_arguments_as_json_string_and_openai_form(reg):
     assert reg.execute({"name": "calculator", "arguments": '{"expression": "6*7"}'}) == "42"
     call = {"id": "call_1", "type": "function",
             "function": {"name": "lookup", "arguments": '{"subject": "Egypt", "relation": "capital"}'}}
-    assert reg.execute_openai(call) == "Cairo" and tools.execute_openai(call) == "Cairo"
+    assert reg.execute_openai(call) == "Egypt, capital: Cairo" == tools.execute_openai(call)
     assert reg.check(call) is None
 
 

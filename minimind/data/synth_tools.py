@@ -3,7 +3,7 @@
 Each task is a question that one tool answers, written in English or Chinese:
 
     calculator       "What is 37 times 59?"             calculator(expression="37*59")      -> 2183
-    lookup           "What is the capital of France?"   lookup(subject, relation)           -> Paris
+    lookup           "What is the capital of France?"   lookup(subject, relation)           -> France, capital: Paris
     unit_converter   "Convert 10 kilometers to miles."  unit_converter(10, ...)             -> 6.213712
     current_time     "What time is it in Paris?"        current_time(timezone="Paris")      -> 10:30   (mock)
     weather          "How warm is it in Tokyo?"         weather(city="Tokyo")               -> 27      (mock)
@@ -168,9 +168,10 @@ def lookup_task(rng: random.Random, lang: str, fact, book: Encyclopedia | None =
     subject = fact.subj.name if lang == "en" else fact.subj.zh
     args = {"subject": subject, "relation": fact.rel.name}
     result = book(**args) if book else _run("lookup", args)
-    if result != fact.short(lang):
+    if not result.endswith((": " + fact.short(lang), "：" + fact.short(lang))):
         raise RuntimeError(f"synth_tools: lookup{args} -> {result!r}, the corpus says {fact.short(lang)!r}")
-    return ToolTask("lookup", lang, fact.question(lang, rng), args, result, fact.answer_sentence(lang), result)
+    return ToolTask("lookup", lang, fact.question(lang, rng), args, result, fact.answer_sentence(lang),
+                    fact.short(lang))
 
 
 def unit_task(rng: random.Random, lang: str, key: tuple[int, int]) -> ToolTask:

@@ -7,7 +7,7 @@ writes is ever passed to `eval`/`exec`.
     from minimind import tools
     tools.schemas()                      # the OpenAI `tools` list, for a system message or a request
     tools.schemas(["calculator"])        # just some of them
-    tools.execute({"name": "lookup", "arguments": {"subject": "France", "relation": "capital"}})  # "Paris"
+    tools.execute({"name": "lookup", "arguments": {"subject": "France", "relation": "capital"}})  # "France, capital: Paris"
     tools.execute({"name": "calculator", "arguments": '{"expression": "1/0"}'})  # "error: calculator: ..."
     tools.execute_openai(tool_call)      # {"id", "type": "function", "function": {"name", "arguments"}}
     tools.check(call)                    # None if the call is valid, else the error text (no execution)
@@ -23,7 +23,8 @@ Built-in tools (real ones first, then the mocks):
     lookup(subject, relation)            the built-in corpus's fact tables: capital/continent of a
                                          country, planet_order/moons of a planet, symbol/atomic_number of
                                          an element, animal_class/diet/legs of an animal, inventor of an
-                                         invention; English or Chinese subject (answer in that language)
+                                         invention; English or Chinese subject (answer in that language:
+                                         "France, capital: Paris", "法国，首都：巴黎")
     current_time(timezone)               MOCK: a fixed clock (`with mocks.at(instant)`, else $MINIMIND_MOCK_NOW,
                                          else 2025-05-20T08:30Z) shown in a city, IANA zone or UTC offset
     weather(city, unit)                  MOCK: one fixed forecast per city of a table and day of the mock clock

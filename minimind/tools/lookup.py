@@ -7,9 +7,13 @@ continent), planets (planet_order, moons), chemical elements (symbol, atomic_num
 
 Subjects are matched by English or Chinese name, case- and space-insensitively, with or without
 a leading "the" ("the United States", "united states", "美国"); relations by their names in
-`RELATIONS` ("atomic_number", "Atomic Number"). The answer is the corpus's short answer, in Chinese
-when the subject was named in Chinese: lookup("France", "capital") -> "Paris",
-lookup("法国", "capital") -> "巴黎". An unknown subject or relation is answered with close matches.
+`RELATIONS` ("atomic_number", "Atomic Number"). The answer is the corpus's short answer after the
+subject and relation, in Chinese when the subject was named in Chinese:
+lookup("france", "capital") -> "France, capital: Paris", lookup("法国", "capital") -> "法国，首都：巴黎".
+The value comes after a space, as it does in a reply ("... is Paris."): a byte-level BPE token
+" Paris" is not the token "Paris", and a small model copies a result into its reply far more
+easily when the result holds the very tokens the reply needs (the numbers of the other tools
+already do). An unknown subject or relation is answered with close matches.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from .base import Names, ToolError, is_chinese
 
 _PLURAL = {"country": "countries", "planet": "planets", "element": "chemical elements",
            "animal": "animals", "invention": "inventions"}
+
+
+# how a result names the relation in Chinese
+RELATION_ZH = {"capital": "首都", "continent": "所在大洲", "planet_order": "离太阳的次序", "moons": "卫星数",
+               "symbol": "化学符号", "atomic_number": "原子序数", "animal_class": "类别", "diet": "食性",
+               "legs": "腿数", "inventor": "发明者"}
 
 
 def _relations_by_table() -> dict[str, list[str]]:
@@ -75,7 +85,9 @@ class Encyclopedia:
             raise ToolError(f"{rel.name!r} is not a relation of {entry['name']} (one of the "
                             f"{_PLURAL.get(entry['table'], entry['table'])}); ask for {asks}")
         en, zh = entry["answers"][rel.name]
-        return zh if is_chinese(subject) else en
+        if is_chinese(subject):
+            return f"{entry['zh']}，{RELATION_ZH[rel.name]}：{zh}"
+        return f"{entry['name']}, {rel.name.replace('_', ' ')}: {en}"
 
 
 @lru_cache(maxsize=1)
@@ -85,5 +97,6 @@ def builtin() -> Encyclopedia:
 
 
 def lookup(subject: str, relation: str) -> str:
-    """The short answer: lookup("France", "capital") -> "Paris"; in Chinese for a Chinese subject."""
+    """The fact with its subject and relation: lookup("france", "capital") -> "France, capital: Paris";
+    lookup("法国", "capital") -> "法国，首都：巴黎"."""
     return builtin()(subject, relation)
