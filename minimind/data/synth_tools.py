@@ -256,7 +256,7 @@ class ToolTasks:
             big = rng.random() < 0.2
             return calculator_task(rng, lang, None if big else self.g.mul_pair(rng), big)
         if tool == "lookup":
-            if rng.random() < self.INVENTED_SHARE:
+            if self.INVENTED_SHARE and rng.random() < self.INVENTED_SHARE:  # no draw at 0: the corpus stays as it was
                 from .synth import Fact, RELATIONS, fact_table
 
                 subject = invented.invent(rng, rng.choice(invented.TABLES))
@@ -269,7 +269,7 @@ class ToolTasks:
             return fx_task(rng, lang, self._fresh(rng, self.split.fx, self._fx_key))
         city = rng.choice(self.train_cities[tool])
         task = time_task if tool == "current_time" else weather_task
-        if rng.random() < self.CLOCK_SHARE:  # any minute of 2025
+        if self.CLOCK_SHARE and rng.random() < self.CLOCK_SHARE:  # any minute of 2025
             instant = _YEAR_START + timedelta(days=rng.randrange(365), minutes=rng.randrange(24 * 60))
             with mocks.at(instant.isoformat()):
                 return task(rng, lang, city)
