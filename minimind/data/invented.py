@@ -2,7 +2,7 @@
 
 In every lookup the corpus asks, the model's memory and the tool agree: the corpus states each fact
 in pretraining and asks it in SFT. A model trained only on those can answer "The capital of Japan is
-Riyadh." right after `lookup(Japan, capital)` returned "Tokyo": nothing ever showed it that the
+Riyadh." right after `lookup(Japan, capital)` returned Tokyo: nothing ever showed it that the
 result, not its memory, is what to say. A lookup about an invented country ("What is the capital
 of Velmora?" -> lookup -> "Tarsk" -> "The capital of Velmora is Tarsk.") can only be answered by
 copying the result, and the subject can only be named by copying the question.
