@@ -236,6 +236,9 @@ def test_the_mock_clock_can_be_set_for_a_block_and_moves_the_weather(reg, monkey
         assert [run(reg, "weather", city=en) for en, _, _ in CITIES] == before[:-1]
     assert [run(reg, "weather", city=en) for en, _, _ in CITIES] + \
         [run(reg, "current_time", timezone="Paris")] == before  # back to the default clock after the block
+    with mocks.at("yesterday"):  # a bad instant is an error result that names where it came from
+        assert run(reg, "weather", city="Paris") == \
+            "error: weather: mocks.at='yesterday' is not an ISO 8601 time such as 2025-05-20T08:30:00Z"
 
 
 def test_an_encyclopedia_of_invented_subjects(reg):

@@ -148,11 +148,11 @@ def at(instant: str):
 
 def mock_now() -> datetime:
     """The mock clock's instant (timezone-aware): the one `at` set, $MINIMIND_MOCK_NOW or DEFAULT_NOW."""
-    text = _NOW.get() or os.environ.get(NOW_ENV) or DEFAULT_NOW
+    text, source = (_NOW.get(), "mocks.at") if _NOW.get() else (os.environ.get(NOW_ENV) or DEFAULT_NOW, f"${NOW_ENV}")
     try:
         now = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ToolError(f"${NOW_ENV}={short(text)} is not an ISO 8601 time such as {DEFAULT_NOW}") from None
+        raise ToolError(f"{source}={short(text)} is not an ISO 8601 time such as {DEFAULT_NOW}") from None
     return now if now.tzinfo else now.replace(tzinfo=dt_timezone.utc)
 
 
