@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from minimind import tools
+from minimind.data import invented
 from minimind.data import synth as synth_mod
 from minimind.data.synth import synth_corpus
 from minimind.data.synth_tools import TOOL_NAMES
@@ -491,3 +492,31 @@ def test_training_tool_tasks_a_model_cannot_answer_from_memory(monkeypatch):
     plain = [tt.train(rng, "lookup") for _ in range(20)]
     assert all(tools.execute({"name": "lookup", "arguments": t.arguments}) == t.result for t in plain)
     assert all(t.result.endswith(t.gt) and t.gt in t.answer for t in plain)
+
+
+def test_substituted_lookups_disagree_with_the_corpus_and_never_use_a_held_out_value(monkeypatch):
+    """SUBSTITUTED_SHARE = 1: a real training subject whose tool answer is another subject's value for
+    the same relation; the reply states that value, the real tool would say the corpus's value."""
+    from minimind.data.synth import Fact
+    from minimind.data.synth_tools import ToolTasks
+
+    monkeypatch.setattr(ToolTasks, "SUBSTITUTED_SHARE", 1.0)
+    g = synth_mod.Gen(0)
+    tt, rng = ToolTasks(g), random.Random(0)
+    held_values = {(f.rel.name, f.short(lang)) for f in g.held_facts for lang in ("en", "zh")}
+    train_values = {(f.rel.name, f.short(lang)) for f in g.train_facts for lang in ("en", "zh")}
+    lookups = [tt.train(rng, "lookup") for _ in range(80)]
+    for t in lookups:
+        real = tools.execute({"name": "lookup", "arguments": t.arguments})
+        assert not real.startswith("error") and real != t.result  # a real subject, another answer
+        assert t.result.endswith(t.gt) and t.gt in t.answer and not real.endswith(t.gt)
+        rel = t.arguments["relation"]
+        assert (rel, t.gt) in train_values or (rel, t.gt) not in held_values, t  # never a held-out value
+    assert len({t.gt for t in lookups}) > 30
+    # the answer sentence carries the swapped value in every slot its template uses
+    f = next(f for f in g.train_facts if f.rel.name == "moons" and f.short("en") != "1")
+    one = next(s for s in g.subjects if s.table == "planet" and Fact(f.rel, s).short("en") == "1")
+    swapped = invented.swap_answer(random.Random(0), f, [one])
+    assert swapped.answer_sentence("en").endswith("has 1 moon.") and swapped.subj.name == f.subj.name
+    with pytest.raises(ValueError, match="no other value"):
+        invented.swap_answer(random.Random(0), f, [f.subj])

@@ -95,3 +95,31 @@ def invent(rng: random.Random, table: str) -> Subject:
                      inventor_short=who, inventor_zh=f"{first_zh}·{last_zh}")
         return Subject("invention", thing, zh + device_zh, slots)
     raise ValueError(f"no invented subjects for table {table!r}; one of {', '.join(TABLES)}")
+
+
+def swap_answer(rng: random.Random, fact, pool: list[Subject]):
+    """A substituted fact (Longpre et al., "Entity-Based Knowledge Conflicts in Question Answering",
+    EMNLP 2021): `fact`'s subject with the value of another subject of `pool` for the same relation
+    ("France, capital: Nairobi"), so that a tool answer and the model's memory disagree.
+
+    Training a reader on such contexts makes it state what the context says rather than what it
+    remembers. Here it teaches a lookup reply to follow the result even for a subject the model
+    half-knows, which invented subjects (no memory at all) cannot. Returns a Fact whose subject is a
+    copy of `fact.subj` with the answer slots replaced; `pool` must hold a subject of the same table
+    with a different value (the caller keeps held-out values out of it).
+    """
+    from .synth import Fact
+
+    rel = fact.rel
+    others = [s for s in pool if s.table == fact.subj.table and Fact(rel, s).short("en") != fact.short("en")]
+    if not others:
+        raise ValueError(f"no other value for {fact.id} in a pool of {len(pool)} subjects")
+    other = rng.choice(others)
+    keys = list(rel.answer) + _SLOTS_WITH_ANSWER.get(rel.name, [])
+    slots = dict(fact.subj.slots) | {k: other.slots[k] for k in keys}
+    return Fact(rel, Subject(fact.subj.table, fact.subj.name, fact.subj.zh, slots))
+
+
+# slots a relation's answer sentence fills besides its answer keys (synth.Fact.with_answer_of)
+_SLOTS_WITH_ANSWER = {"moons": ["moons_txt"], "animal_class": ["cls_a", "diet_a"], "diet": ["cls_a", "diet_a"],
+                      "inventor": ["inventor", "Inventor"]}

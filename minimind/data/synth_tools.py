@@ -236,9 +236,13 @@ class ToolTasks:
     the tool's answer names, and `CLOCK_SHARE` of the current_time and weather tasks run at a random
     instant of the mock clock (so a city's time and weather change from one conversation to the
     next). Held-out tasks and RL prompts keep the built-in tables and the default clock.
+    `SUBSTITUTED_SHARE` of the remaining (real) lookups get a tool answer that differs from the
+    corpus, another subject's value (invented.swap_answer), so that the reply must follow the result
+    even where the model remembers the fact; no held-out value is ever used.
     """
 
     INVENTED_SHARE = 0.0
+    SUBSTITUTED_SHARE = 0.0
     CLOCK_SHARE = 0.0
 
     def __init__(self, g):
@@ -262,7 +266,14 @@ class ToolTasks:
                 subject = invented.invent(rng, rng.choice(invented.TABLES))
                 rel = rng.choice([r for r in RELATIONS if r.table == subject.table])
                 return lookup_task(rng, lang, Fact(rel, subject), Encyclopedia(fact_table([subject])))
-            return lookup_task(rng, lang, self.g.train_fact(rng))
+            fact = self.g.train_fact(rng)
+            if self.SUBSTITUTED_SHARE and rng.random() < self.SUBSTITUTED_SHARE:  # no draw at 0, as above
+                from .synth import Fact, fact_table
+
+                pool = [s for s in self.g.subjects if Fact(fact.rel, s).id not in self.g.split.facts]
+                fact = invented.swap_answer(rng, fact, pool)
+                return lookup_task(rng, lang, fact, Encyclopedia(fact_table([fact.subj])))
+            return lookup_task(rng, lang, fact)
         if tool == "unit_converter":
             return unit_task(rng, lang, self._fresh(rng, self.split.unit, self._unit_key))
         if tool == "exchange_rate":
