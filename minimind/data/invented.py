@@ -114,12 +114,4 @@ def swap_answer(rng: random.Random, fact, pool: list[Subject]):
     others = [s for s in pool if s.table == fact.subj.table and Fact(rel, s).short("en") != fact.short("en")]
     if not others:
         raise ValueError(f"no other value for {fact.id} in a pool of {len(pool)} subjects")
-    other = rng.choice(others)
-    keys = list(rel.answer) + _SLOTS_WITH_ANSWER.get(rel.name, [])
-    slots = dict(fact.subj.slots) | {k: other.slots[k] for k in keys}
-    return Fact(rel, Subject(fact.subj.table, fact.subj.name, fact.subj.zh, slots))
-
-
-# slots a relation's answer sentence fills besides its answer keys (synth.Fact.with_answer_of)
-_SLOTS_WITH_ANSWER = {"moons": ["moons_txt"], "animal_class": ["cls_a", "diet_a"], "diet": ["cls_a", "diet_a"],
-                      "inventor": ["inventor", "Inventor"]}
+    return fact.with_value_of(rng.choice(others))

@@ -462,6 +462,11 @@ FAQ_FACT_SHARE = 0.75  # share of Q/A lines in pretraining FAQs that ask about f
 ADD_SCRATCHPAD_SHARE = 0.0
 
 
+# slots an answer sentence fills besides its relation's answer keys ("has 1 moon", "is a mammal")
+_ANSWER_EXTRA_SLOTS = {"moons": ["moons_txt"], "animal_class": ["cls_a", "diet_a"], "diet": ["cls_a", "diet_a"],
+                       "inventor": ["inventor"]}
+
+
 @dataclass(frozen=True)
 class Fact:
     """One (relation, subject) pair: the unit the held-out split is drawn over."""
@@ -488,19 +493,16 @@ class Fact:
             return self.answer_sentence(lang)
         return rng.choice(self.rel.en_s if lang == "en" else self.rel.zh_s).format(**self.subj.slots)
 
+    def with_value_of(self, other: Subject) -> "Fact":
+        """This fact with `other`'s value: the subject keeps its name, every slot the answer sentence
+        fills with the value (the answer keys and their article/plural forms) comes from `other`."""
+        keys = list(self.rel.answer) + _ANSWER_EXTRA_SLOTS.get(self.rel.name, [])
+        slots = dict(self.subj.slots) | {k: other.slots[k] for k in keys}
+        return Fact(self.rel, Subject(self.subj.table, self.subj.name, self.subj.zh, slots))
+
     def with_answer_of(self, other: Subject, lang: str) -> str:
         """The answer sentence with another subject's value: a fluent but wrong answer."""
-        slots = dict(self.subj.slots)
-        for key in self.rel.answer:
-            slots[key] = other.slots[key]
-        if self.rel.name == "moons":
-            slots["moons_txt"] = other.slots["moons_txt"]
-        if self.rel.name in ("animal_class", "diet"):
-            for key in ("cls_a", "diet_a"):
-                slots[key] = other.slots[key]
-        if self.rel.name == "inventor":
-            slots["inventor"] = other.slots["inventor"]
-        return (self.rel.en_a if lang == "en" else self.rel.zh_a).format(**slots)
+        return self.with_value_of(other).answer_sentence(lang)
 
 
 def _facts(subjects: list[Subject]) -> list[Fact]:
