@@ -18,6 +18,7 @@ bar, a metrics.jsonl log, and optional wandb / swanlab / tensorboard.
 One optimizer step over A micro-batches b_1..b_A (and W data-parallel ranks) is
 
     g = 1/(A W) * sum_{ranks} sum_a grad L(b_a)        (each L a mean over its tokens)
+    g_E[t] <- 0 for tokens t no micro-batch read       (--embed-rows seen only; embed_rows.py)
     skip the step if L or ||g|| is not finite          (no update of theta, moments or lr)
     g <- g * min(1, clip / ||g||)
     theta <- AdamW(theta, g, lr(step))
@@ -51,6 +52,7 @@ from ..checkpoint import RunCheckpoints, load_model_state, load_train_state, res
 from ..errors import UserError
 from ..runtime import Dist, autocast, pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
 from .budget import TimeBudget, warmup_steps
+from .embed_rows import EmbedRows
 from .guard import StepGuard
 from .metrics import ExpertLoad, MetricsLog
 
@@ -85,6 +87,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
+    embed_rows: str = "all"  # all | seen: only rows of tokens the step read change (embed_rows.py)
     optimizer: str = "adamw"  # adamw | muon
     muon_lr: float = 0.02
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
@@ -229,6 +232,7 @@ class Trainer:
         self.scaler = make_scaler(self.dtype, self.device)
         self.guard = StepGuard(cfg.max_bad_steps)
         self.experts = ExpertLoad(self.raw_model)
+        self.embed_rows = EmbedRows(self.raw_model, cfg.embed_rows)
         self.step = 0
         self.tokens_seen = 0
         self.saved_step = None  # the step of the newest checkpoint on disk
@@ -363,6 +367,7 @@ class Trainer:
         "skipped" is in them when the loss or gradient norm was not finite and nothing was updated."""
         self.model.train()
         total, agg = 0.0, {}
+        self.embed_rows.start_step()
         for a in range(self.cfg.grad_accum):
             batch = _to_device(next(data_iter), self.device)
             loss, metrics = self.micro_step(batch, last=a == self.cfg.grad_accum - 1)
@@ -375,6 +380,7 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.dist.world_size
+        self.embed_rows.mask(self.dist.enabled)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # true gradients, for the norm and the clip
         grad_norm = torch.nn.utils.clip_grad_norm_([*self.raw_model.parameters(), *self.extra_params],

@@ -35,7 +35,8 @@ from .engine import TrainConfig, Trainer
 # defaults per stage: (lr, batch_size, max_seq_len, warmup, schedule)
 STAGE_DEFAULTS = {
     "pretrain": dict(lr=2e-3, batch_size=32, max_seq_len=256, warmup=50, schedule="wsd"),
-    "sft": dict(lr=1e-3, batch_size=32, max_seq_len=384, warmup=20, schedule="cosine"),
+    # fine-tuning keeps the embedding rows of tokens its data never reads (embed_rows.py, docs/training.md)
+    "sft": dict(lr=1e-3, batch_size=32, max_seq_len=384, warmup=20, schedule="cosine", embed_rows="seen"),
 }
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size", "num_experts", "num_experts_per_tok", "num_shared_experts")
@@ -129,6 +130,9 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--decay-frac", type=float, default=0.2, help="wsd: share of steps spent decaying")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decoupled weight decay on matrices")
     g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    g.add_argument("--embed-rows", default=d.get("embed_rows", "all"), choices=["all", "seen"],
+                   help="seen: each step changes only the embedding rows of tokens its batches read, so words "
+                        "the data never uses keep what pretraining taught (default %(default)s; docs/training.md)")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="adamw, or muon for hidden matrices (+adamw for the rest)")
     g.add_argument("--muon-lr", type=float, default=0.02, help="with --optimizer muon: lr of the hidden matrices")
@@ -173,6 +177,7 @@ def run_config(args, stage: str, extra: dict | None = None) -> RunConfig:
         out_dir=args.out, steps=args.steps or 0, batch_size=args.batch_size, grad_accum=args.grad_accum,
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
         decay_frac=args.decay_frac, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        embed_rows=getattr(args, "embed_rows", "all"),
         optimizer=args.optimizer, muon_lr=args.muon_lr, dtype=args.dtype, compile=args.compile, device=args.device,
         seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,

@@ -64,7 +64,8 @@ def cmd_rl(args):
         eval_limit=args.eval_limit, eval_prompts=args.eval_prompts, on_bad_record=args.on_bad_record)
     train = TrainConfig(
         out_dir=args.out, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup=args.warmup, schedule=args.schedule,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, dtype=args.dtype, device=args.device,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, embed_rows=args.embed_rows, dtype=args.dtype,
+        device=args.device,
         seed=args.seed, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         eval_every=args.eval_every, time_budget=parse_duration(args.time_budget) if args.time_budget else 0.0,
         resume_from=args.resume_from or "", log_every=args.log_every, resume=args.resume,
@@ -141,6 +142,9 @@ def add_rl_command(sub, algo: str) -> None:
     t.add_argument("--schedule", default="constant", choices=["cosine", "wsd", "constant"])
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--embed-rows", default="all", choices=["all", "seen"],
+                   help="seen: each step changes only the embedding rows of tokens its rollouts read "
+                        "(docs/training.md); default all")
     t.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp16 (GPU), fp32")
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=42)
