@@ -78,3 +78,16 @@ def test_fine_tuning_commands_default_to_seen(argv, mode):
 
     args = build_parser().parse_args([argv[0], "--data", "x.jsonl", "--out", "o", "--init", "i", *argv[1:]])
     assert args.embed_rows == mode
+
+
+def test_an_untied_output_layer_keeps_its_unread_rows_too(tok, pretrain_data, tmp_path):
+    model = tiny_model(tok, tie_word_embeddings=False)
+    cfg = TrainConfig(out_dir=str(tmp_path / "untied"), batch_size=2, lr=1e-2, warmup=0, dtype="fp32", device="cpu",
+                      progress=False, embed_rows="seen", weight_decay=0.0)  # the head is a decayed matrix otherwise
+    t = Trainer(model, LanguageModeling(), make_loader(pretrain_data, 2, 32, seed=0), tok, cfg)
+    head_before = model.lm_head.weight.detach().clone()
+    moved, read = rows_moved(t, 3)
+    head_moved = (model.lm_head.weight.detach() - head_before).abs().amax(dim=1)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    assert moved[~read].max().item() == 0.0 and head_moved[~read].max().item() == 0.0
+    assert (head_moved[read] > 1e-4).all()

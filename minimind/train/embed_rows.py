@@ -25,8 +25,9 @@ inputs of any forward that builds a graph, on any rank) get a zero gradient:
 
 Adam's moments then decay for those rows, so a row that was read moves for a few more steps
 (its momentum) and then stops, instead of drifting forever. `all` (the engine's default) is
-plain training; fine-tuning commands default to `seen`, pretraining and RL to `all`. Models without a
-trainable `embed_tokens` (LoRA, where E is frozen) are unaffected.
+plain training; fine-tuning commands default to `seen`, pretraining and RL to `all`. An untied
+output layer gets the same mask (its rows take the same push-down). Models without a trainable
+`embed_tokens` (LoRA, where E is frozen) are unaffected.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ def _embedding(model):
     return emb if isinstance(emb, torch.nn.Embedding) else None
 
 
+def _rows(model, emb) -> list:
+    """The trainable (vocab, d) matrices: E, and an untied output layer (its rows get the same push-down)."""
+    head = getattr(getattr(model, "lm_head", None), "weight", None)
+    mats = [emb.weight] if emb.weight.requires_grad else []
+    if head is not None and head is not emb.weight and head.requires_grad and head.shape[0] == emb.num_embeddings:
+        mats.append(head)
+    return mats
+
+
 class EmbedRows:
     """Records the token ids each step's training forwards read, and masks the embedding gradient
     to those rows (`mode` "seen"); does nothing for mode "all"."""
@@ -51,8 +61,8 @@ class EmbedRows:
         if mode not in MODES:
             raise ValueError(f"embed_rows must be one of {', '.join(MODES)}, got {mode!r}")
         emb = _embedding(model)
-        self.active = mode == "seen" and emb is not None and emb.weight.requires_grad
-        self.weight = emb.weight if self.active else None
+        self.weights = _rows(model, emb) if mode == "seen" and emb is not None else []
+        self.active = bool(self.weights)
         self.seen = torch.zeros(emb.num_embeddings, dtype=torch.bool, device=emb.weight.device) if self.active else None
         if self.active:
             emb.register_forward_pre_hook(self._record)
@@ -68,11 +78,13 @@ class EmbedRows:
 
     def mask(self, dist_enabled: bool = False) -> None:
         """Zero the gradient rows of tokens no rank read in this step (after backward, before the clip)."""
-        if not self.active or self.weight.grad is None:
+        if not self.active:
             return
         seen = self.seen
         if dist_enabled:  # every rank must apply the same mask to the same averaged gradient
             any_rank = seen.to(torch.float32)
             dist.all_reduce(any_rank, op=dist.ReduceOp.MAX)
             seen = any_rank > 0
-        self.weight.grad[~seen] = 0
+        for w in self.weights:
+            if w.grad is not None:
+                w.grad[~seen] = 0
