@@ -70,3 +70,32 @@ def test_target_loss_stops_all_ranks_together_and_lora_saves_once(corpus, tok, t
     with torch.no_grad():
         mean = sum(SupervisedFineTuning().loss(merged, next(loader))[0].item() for _ in range(4)) / 4
     assert evals(tmp_path / "b")[stop] == pytest.approx(mean, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_embed_rows_seen_keeps_the_union_of_both_ranks_reads(corpus, tok, tmp_path):
+    """`--embed-rows seen` under DDP: a row read by either rank is trained on both (the read masks
+    are all-reduced), a row neither read stays bit-identical. Rank r reads global batch r."""
+    base = lora_base(tok, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sft.jsonl").write_bytes((corpus / "sft.jsonl").read_bytes())
+    torchrun("sft", "--init", base, "--data", data / "sft.jsonl", "--out", tmp_path / "run", "--batch-size", "2",
+             "--max-seq-len", "64", "--dtype", "fp32", "--device", "cpu", "--steps", "1", "--lr", "1e-2",
+             "--warmup", "0", "--weight-decay", "0", "--embed-rows", "seen", "--seed", "0", "--no-progress")
+    loader = SFTLoader(load_prepared(next(data.glob("prepared/sft-sft-*"))), 2, 64, seed=0)
+    reads = []
+    for _ in range(2):  # global batches 0 and 1: what rank 0 and rank 1 read in step 1
+        ids = next(loader)["input_ids"].flatten()
+        read = torch.zeros(tok.vocab_size, dtype=torch.bool)
+        read[ids[ids != tok.pad_id]] = True
+        reads.append(read)
+    only_rank1 = reads[1] & ~reads[0]
+    assert only_rank1.sum() >= 5  # the ranks read different tokens
+    before = load_checkpoint(base)[0].model.embed_tokens.weight
+    after = load_checkpoint(tmp_path / "run")[0].model.embed_tokens.weight  # saved by rank 0
+    moved = (after - before).abs().amax(dim=1) > 0
+    assert moved[only_rank1].all()  # rank 1's reads reached rank 0's weights
+    unread = ~(reads[0] | reads[1])
+    unread[tok.pad_id] = False  # padding is read but trains nothing
+    assert unread.sum() > tok.vocab_size // 2 and not moved[unread].any()  # and nothing else moved
