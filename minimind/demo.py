@@ -53,7 +53,7 @@ QUICK = dict(preset="nano", size=0.05, mix="demo", eval_limit=8, log_every=1, st
 
 # held-out accuracy of the default demo as the README states it, per machine class (dtype trained in)
 README_RESULTS = {
-    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.17, "add": 0.0, "identity": 0.78, "tool": 0.0},
+    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.20, "add": 0.01, "identity": 1.0, "tool": 0.02},
     "bf16": {"label": "2-core bf16 CPU", "fact": 0.58, "add": 0.10, "identity": 0.56, "tool": 0.0},
 }
 
