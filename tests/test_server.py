@@ -571,11 +571,21 @@ def test_logprobs_follow_openai_and_the_model(live, client, tok):
     assert chat(client, max_tokens=2).choices[0].logprobs is None
 
 
-def test_queue_and_kv_limits(tiny_ckpt):
+def test_queue_and_kv_limits(tiny_ckpt, monkeypatch):
     """One row and a KV budget for one request: a second request waits (not fails), a third gets 429."""
+    from minimind.checkpoint import load_checkpoint
+    from minimind.infer.engine import BLOCK_SIZE
+    from minimind.infer.kvcache import PagedKVCache
+
+    # the KV cache's dtype follows the decode format, which "auto" picks by timing this CPU: pin it,
+    # and size the budget to exactly 3 blocks (192 positions: the 150-token request and its prompt)
+    monkeypatch.setenv("MINIMIND_DECODE_WEIGHTS", "fp32")
+    config = load_checkpoint(tiny_ckpt)[0].config
+    mb = 3.5 * BLOCK_SIZE * PagedKVCache.bytes_per_token(config, torch.float32) / 2**20  # 3 whole blocks
     server, thread, url = start_server(tiny_ckpt, "--max-batch", "1", "--max-queue", "1",
-                                       "--default-max-tokens", "5", "--kv-memory-mb", "0.05")
+                                       "--default-max-tokens", "5", "--kv-memory-mb", f"{mb:.6f}")
     engine = server.config.app.state.engine
+    assert engine.kv_dtype == torch.float32 and engine.cache.capacity_blocks == 3
     gate = threading.Event()
     try:
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
