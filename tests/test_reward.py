@@ -1,5 +1,6 @@
 """Rewards: rules on hand-made replies, the Bradley-Terry reward model, its transformers export."""
 
+import json
 import math
 
 import pytest
@@ -163,6 +164,22 @@ def test_cli_reward_train_writes_a_reward_model(corpus, tok, tmp_path, capsys):
                "--batch-size", "8", "--max-seq-len", "128", "--dtype", "fp32", "--device", "cpu", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "held-out pair accuracy" in out and "(16 pairs)" in out
+    assert "held-out pair accuracy" in out and "(16 pairs;" in out
+    # the bar printed before training: the --init model's own likelihood on the held-out pairs
+    from minimind.checkpoint import load_checkpoint
+
+    lm, _ = load_checkpoint(tmp_path / "sft", device=torch.device("cpu"), dtype=torch.float32)
+    wins = 0
+    for line in lines[48:64]:
+        pair = json.loads(line)
+        logp = []
+        for conv in (pair["chosen"], pair["rejected"]):
+            ids, mask = render_chat(tok, conv)
+            with torch.no_grad():
+                lp = lm(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+            logp.append(sum(lp[i - 1, ids[i]].item() for i in range(1, len(ids)) if mask[i]))
+        wins += logp[0] > logp[1]
+    assert f"own likelihood ranks right (sum of the reply's token log-probs): {wins / 16:.1%} (16 pairs)" in out
+    assert f"the --init model's own likelihood: {wins / 16:.1%})" in out
     model, _, center = load_reward_model(tmp_path / "rm")
     assert model.config.num_labels == 1 and center != 0.0

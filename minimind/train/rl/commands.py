@@ -170,7 +170,8 @@ def cmd_reward_train(args):
     from ...checkpoint import load_checkpoint, resolve_checkpoint
     from ...data.loader import DPOLoader
     from ...reward.model import BradleyTerry, RewardModel, pair_accuracy, save_center
-    from ...runtime import seed_everything
+    from ...runtime import Dist, seed_everything
+    from ..dpo import preference_accuracy
     from ..run import prepared_data, run_config, run_training
 
     if not args.init:
@@ -183,14 +184,25 @@ def cmd_reward_train(args):
     if args.lm_coef and not lm.config.tie_word_embeddings:
         raise UserError("reward train: --lm-coef needs a model with tied embeddings (tie_word_embeddings); "
                         "pass --lm-coef 0")
-    rm = RewardModel.from_causal_lm(lm)
     suffix = tok.encode("\n")
-    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix, args.lm_coef), data_kind="dpo", model_and_tok=(rm, tok))
 
-    def accuracy(path):
+    def loader(path):
         data = prepared_data(path, tok, "dpo", cfg.max_seq_len, cfg.on_bad_record, cfg.cache_dir, progress=False,
                              verbose=False)
-        return pair_accuracy(rm, DPOLoader(data, cfg.train.batch_size, cfg.max_seq_len), tok.pad_id, suffix)
+        return DPOLoader(data, cfg.train.batch_size, cfg.max_seq_len)
+
+    def accuracy(path):
+        return pair_accuracy(rm, loader(path), tok.pad_id, suffix)
+
+    own = None
+    if args.eval_data:  # the bar: how often the --init model's own likelihood already ranks the pair right
+        own = preference_accuracy(lm, loader(args.eval_data))
+        if Dist.from_env().is_main:
+            print(f"held-out pairs the --init model's own likelihood ranks right (sum of the reply's token "
+                  f"log-probs): {own['accuracy']:.1%} ({own['pairs']} pairs)")
+    rm = RewardModel.from_causal_lm(lm)
+    del lm
+    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix, args.lm_coef), data_kind="dpo", model_and_tok=(rm, tok))
 
     ckpt = resolve_checkpoint(args.out)
     train_acc = accuracy(args.data)
@@ -198,7 +210,8 @@ def cmd_reward_train(args):
     line = f"done: loss {m['loss']:.4g}, train pair accuracy {train_acc['accuracy']:.1%}"
     if args.eval_data:
         held = accuracy(args.eval_data)
-        line += f", held-out pair accuracy {held['accuracy']:.1%} ({held['pairs']} pairs)"
+        line += (f", held-out pair accuracy {held['accuracy']:.1%} ({held['pairs']} pairs; the --init model's "
+                 f"own likelihood: {own['accuracy']:.1%})")
     print(line + f"; reward model: {ckpt} (use it with --reward-model)")
 
 
