@@ -117,8 +117,10 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
                                          "(and the lr schedule over them) are planned from measured speed so the "
                                          "command ends on time (docs/training.md)")
     g.add_argument("--batch-size", action=BatchSizeAction, default=d["batch_size"],
-                   help="rows per micro-batch per process (default %(default)s); 'auto': keep the default x "
-                        "--grad-accum rows per step and use the largest micro-batch that fits memory")
+                   help="rows of --max-seq-len tokens per micro-batch per process (default %(default)s); "
+                        "conversation data fills that budget with as many whole conversations (or pairs) as fit, "
+                        "so short ones mean more per step; 'auto': keep the default x --grad-accum rows per step "
+                        "and use the largest micro-batch that fits memory")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of --lr")
