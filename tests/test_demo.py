@@ -61,11 +61,18 @@ def test_learned_table_shows_the_readme_numbers_of_the_machine_class():
             assert row.rstrip().endswith(f"{ref[fam]:.0%}")
     assert "no README numbers" in demo.learned_table(acc, "mps")
     assert "--quick" in demo.learned_table(acc, "fp32", quick=True)
+    # a 30-minute run compares with the README's --long row, another budget says what it is compared with
+    long = demo.README_RESULTS_LONG["bf16"]
+    text = demo.learned_table(acc, "bf16", minutes=30)
+    assert long["label"] in text and f"{long['add']:.0%}" in text and "minute run" not in text
+    assert "10-minute run; this one had 20" in demo.learned_table(acc, "bf16", minutes=20)
+    assert "no README numbers for a --long run on a fp32" in demo.learned_table(acc, "fp32", minutes=30)
 
 
 def test_readme_states_the_numbers_the_demo_compares_against():
     text = README.read_text(encoding="utf-8")
-    for cls, ref in demo.README_RESULTS.items():
+    for ref in [*demo.README_RESULTS.values(), *demo.README_RESULTS_LONG.values()]:
+        cls = ref["label"]
         row = next((line for line in text.splitlines() if line.startswith(f"| {ref['label']}")), None)
         assert row, f"README has no demo row for {ref['label']!r}"
         cells = [c.strip() for c in row.strip("|").split("|")]
