@@ -191,12 +191,9 @@ def cmd_reward_train(args):
                              verbose=False)
         return DPOLoader(data, cfg.train.batch_size, cfg.max_seq_len)
 
-    def accuracy(path):
-        return pair_accuracy(rm, loader(path), tok.pad_id, suffix)
-
-    own = None
-    if args.eval_data:  # the bar: how often the --init model's own likelihood already ranks the pair right
-        own = preference_accuracy(lm, loader(args.eval_data))
+    held_out = loader(args.eval_data) if args.eval_data else None
+    if held_out is not None:  # the bar: how often the --init model's own likelihood already ranks the pair right
+        own = preference_accuracy(lm, held_out)
         if Dist.from_env().is_main:
             print(f"held-out pairs the --init model's own likelihood ranks right (sum of the reply's token "
                   f"log-probs): {own['accuracy']:.1%} ({own['pairs']} pairs)")
@@ -205,11 +202,11 @@ def cmd_reward_train(args):
     m = run_training(cfg, BradleyTerry(tok.pad_id, suffix, args.lm_coef), data_kind="dpo", model_and_tok=(rm, tok))
 
     ckpt = resolve_checkpoint(args.out)
-    train_acc = accuracy(args.data)
+    train_acc = pair_accuracy(rm, loader(args.data), tok.pad_id, suffix)
     save_center(ckpt, train_acc["score_mean"])  # rewards are centred on the training pairs' mean score
     line = f"done: loss {m['loss']:.4g}, train pair accuracy {train_acc['accuracy']:.1%}"
-    if args.eval_data:
-        held = accuracy(args.eval_data)
+    if held_out is not None:
+        held = pair_accuracy(rm, held_out, tok.pad_id, suffix)
         line += (f", held-out pair accuracy {held['accuracy']:.1%} ({held['pairs']} pairs; the --init model's "
                  f"own likelihood: {own['accuracy']:.1%})")
     print(line + f"; reward model: {ckpt} (use it with --reward-model)")
