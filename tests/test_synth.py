@@ -520,3 +520,53 @@ def test_substituted_lookups_disagree_with_the_corpus_and_never_use_a_held_out_v
     assert swapped.answer_sentence("en").endswith("has 1 moon.") and swapped.subj.name == f.subj.name
     with pytest.raises(ValueError, match="no other value"):
         invented.swap_answer(random.Random(0), f, [f.subj])
+
+
+def test_tool_mix_draws_with_the_corpus_split_and_replays_its_sft(synth, tmp_path):
+    """`data tool-mix`: new tool conversations (none with a held-out key) plus replayed sft.jsonl lines;
+    with every share at 0 each tool result is what the tool set answers, with the shares at 1 no lookup is."""
+    from minimind.data.tool_mix import tool_mix
+
+    corpus = synth["paths"]["manifest"].parent
+    held_keys = {_call_key(r["call"]) for r in synth["recs"]["tools_heldout"]}
+    sft_lines = set((corpus / "sft.jsonl").read_text(encoding="utf-8").splitlines())
+
+    def calls_and_results(rec):
+        msgs = rec["conversations"]
+        calls = [c for m in msgs for c in json.loads(m.get("tool_calls") or "[]")]
+        return calls, [m["content"] for m in msgs if m["role"] == "tool"]
+
+    counts = tool_mix(corpus, tmp_path / "plain.jsonl", conversations=400, replay=30, lookup_share=0.5,
+                      invented=0.0, substituted=0.0, clock=0.0, seed=1)
+    lines = (tmp_path / "plain.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 430 and counts["replayed"] == 30 and sum(counts.values()) == 430
+    assert sum(line in sft_lines for line in lines) >= 30  # (a new conversation may equal one of the corpus's)
+    new = [json.loads(line) for line in lines if line not in sft_lines]
+    assert len(new) >= 390
+    assert 160 <= counts["lookup"] <= 240 and set(counts) == set(TOOL_NAMES) | {"replayed"}
+    n_parallel = 0
+    for rec in new:
+        _check_messages(rec["conversations"], "tool-mix")
+        calls, results = calls_and_results(rec)
+        assert calls and len(calls) == len(results)
+        n_parallel += len(calls) == 2
+        for call, result in zip(calls, results):
+            assert _call_key(call) not in held_keys, call
+            assert tools.execute(call) == result, (call, result)  # shares at 0: the tool set's own answer
+    assert 10 <= n_parallel <= 50  # ~7% make two calls in one turn
+
+    tool_mix(corpus, tmp_path / "hard.jsonl", conversations=200, replay=0, lookup_share=1.0,
+             invented=1.0, substituted=1.0, clock=1.0, seed=1)
+    hard = [json.loads(line) for line in (tmp_path / "hard.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(hard) == 200
+    for rec in hard:
+        calls, results = calls_and_results(rec)
+        assert {c["name"] for c in calls} == {"lookup"}
+        for call, result in zip(calls, results):
+            assert tools.execute(call) != result  # invented subjects: only this result answers
+    with pytest.raises(UserError, match="manifest.json"):
+        tool_mix(tmp_path, tmp_path / "x.jsonl")
+    with pytest.raises(UserError, match="--invented"):
+        tool_mix(corpus, tmp_path / "x.jsonl", invented=1.5)
+    with pytest.raises(UserError, match="has only"):
+        tool_mix(corpus, tmp_path / "x.jsonl", replay=10**6)

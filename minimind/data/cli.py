@@ -19,6 +19,18 @@ def cmd_data_synth(args):
         print(f"{name:<28} {path}")
 
 
+def cmd_data_tool_mix(args):
+    from .tool_mix import tool_mix
+
+    counts = tool_mix(args.corpus, args.out, conversations=args.conversations, replay=args.replay,
+                      lookup_share=args.lookup_share, invented=args.invented, substituted=args.substituted,
+                      clock=args.clock, seed=args.seed)
+    total = sum(counts.values())
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "replayed")
+    print(f"{args.out}: {total} conversations: {total - counts['replayed']} new tool conversations ({parts}), "
+          f"{counts['replayed']} replayed from {args.corpus}/sft.jsonl")
+
+
 def cmd_data_show(args):
     from .show import cmd_data_show as show
 
@@ -71,6 +83,28 @@ def add_commands(sub) -> None:
                         "sums worked column by column: what `minimind demo` trains on)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_synth)
+    s = dt.add_parser("tool-mix", help="write a tool-heavy fine-tuning set beside a built-in corpus",
+                      description="New tool conversations (call -> result -> an answer that states the result), "
+                      "drawn with the corpus's held-out split, plus replayed conversations of its sft.jsonl; "
+                      "for `minimind sft --init <an SFT model> --max-seq-len 1024`. See docs/tools.md.")
+    s.add_argument("--corpus", default="data/builtin",
+                   help="a directory written by `minimind data synth` (its seed fixes the held-out split)")
+    s.add_argument("--out", required=True, help="output JSONL")
+    s.add_argument("--conversations", type=int, default=12000, help="new tool conversations (default 12000)")
+    s.add_argument("--replay", type=int, default=5000,
+                   help="conversations of the corpus's sft.jsonl mixed in, so the rest is not forgotten (default 5000)")
+    s.add_argument("--lookup-share", type=float, default=0.5,
+                   help="share of the new conversations that need lookup (default 0.5; the rest by the corpus's tool weights)")
+    s.add_argument("--invented", type=float, default=0.5,
+                   help="share of lookups about an invented subject that only the tool's result answers (default 0.5)")
+    s.add_argument("--substituted", type=float, default=0.25,
+                   help="share of the other lookups whose result disagrees with the corpus, so the reply must "
+                        "follow the tool (default 0.25)")
+    s.add_argument("--clock", type=float, default=0.7,
+                   help="share of current_time/weather tasks at a random instant of the mock clock (default 0.7)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draws (the split comes from the corpus)")
+    s.set_defaults(func=cmd_data_tool_mix)
+
     s = dt.add_parser("prepare", help="validate and tokenize a JSONL file once into memory-mapped token files")
     s.add_argument("input", help="JSONL file (pretrain text, conversations or DPO pairs)")
     s.add_argument("--tokenizer", required=True, help="tokenizer or checkpoint directory")

@@ -1,0 +1,98 @@
+"""`minimind data tool-mix`: a tool-heavy fine-tuning set drawn beside a built-in corpus.
+
+The built-in `sft.jsonl` teaches tool use in about a fifth of its conversations, with results a model
+can also remember. A tool fine-tune needs more of them, and results that only the tool knows
+(docs/tools.md, "What a small model learns"): this command writes `--conversations` new tool
+conversations (call -> result -> an answer that states the result) plus `--replay` conversations of
+the corpus's own `sft.jsonl`, shuffled together, for `minimind sft --init <an SFT model>`.
+
+* `--lookup-share` of the new conversations need `lookup`; the rest draw a tool by the corpus's
+  weights (synth_tools.TOOL_WEIGHTS without lookup). 7% ask two questions and make two calls in one
+  turn, as in the corpus.
+* `--invented`: share of lookups about an invented subject ("the capital of Denvensha"), whose
+  answer only the tool's result gives.
+* `--substituted`: share of the other lookups whose tool result disagrees with the corpus (another
+  subject's value), so the reply has to follow the result rather than memory.
+* `--clock`: share of `current_time` / `weather` tasks at a random instant of the mock clock.
+
+Every task is drawn with the corpus's own held-out split (read from its manifest.json: the seed), so
+no held-out key of `eval/tools_heldout.jsonl` or `eval/heldout.jsonl` enters the mix.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from ..errors import UserError
+
+PARALLEL_SHARE = 0.07  # conversations with two calls in one turn, as in the corpus (synth._tool_or_direct)
+
+
+def _share(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--{name} must be a share between 0 and 1, got {value}", param=name)
+    return value
+
+
+def corpus_seed(corpus: Path) -> int:
+    """The seed a corpus directory was written with (its manifest.json), which fixes its held-out split."""
+    manifest = corpus / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(f"{corpus}: no manifest.json; --corpus must be a directory written by `minimind data synth`",
+                        param="corpus")
+    try:
+        return int(json.loads(manifest.read_text(encoding="utf-8"))["seed"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{manifest}: cannot read its 'seed' ({e}); write the corpus again with "
+                        "`minimind data synth`", param="corpus") from None
+
+
+def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, replay: int = 5000,
+             lookup_share: float = 0.5, invented: float = 0.5, substituted: float = 0.25, clock: float = 0.7,
+             seed: int = 0) -> Counter:
+    """Write the mix to `out` (JSONL of {"conversations": [...]}); returns the count of each kind."""
+    from .synth import Gen
+    from .synth_tools import TOOL_WEIGHTS, ToolTasks, tool_convo
+
+    corpus = Path(corpus)
+    if conversations < 0 or replay < 0:
+        raise UserError("--conversations and --replay must be >= 0", param="conversations")
+    for name, value in (("lookup-share", lookup_share), ("invented", invented), ("substituted", substituted),
+                        ("clock", clock)):
+        _share(name, value)
+    tasks = ToolTasks(Gen(corpus_seed(corpus)))
+    tasks.INVENTED_SHARE, tasks.SUBSTITUTED_SHARE, tasks.CLOCK_SHARE = invented, substituted, clock
+
+    replayed = []
+    if replay:
+        sft = corpus / "sft.jsonl"
+        if not sft.is_file():
+            raise UserError(f"{sft}: not found; --replay needs the corpus's sft.jsonl (or --replay 0)", param="replay")
+        lines = [line for line in sft.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if replay > len(lines):
+            raise UserError(f"--replay {replay}: {sft} has only {len(lines)} conversations", param="replay")
+        replayed = random.Random(f"tool-mix/{seed}/replay").sample(lines, replay)
+
+    rng = random.Random(f"tool-mix/{seed}")
+    others = {k: v for k, v in TOOL_WEIGHTS.items() if k != "lookup"}
+    counts: Counter = Counter()
+    rows = []
+    for _ in range(conversations):
+        tool = ("lookup" if rng.random() < lookup_share
+                else rng.choices(list(others), list(others.values()))[0])
+        first = tasks.train(rng, tool)
+        both = [first, tasks.train(rng, tool, first.lang)] if rng.random() < PARALLEL_SHARE else [first]
+        counts[tool] += 1
+        rows.append(json.dumps({"conversations": tool_convo(rng, both)}, ensure_ascii=False))
+    counts["replayed"] = len(replayed)
+    rows += replayed
+    rng.shuffle(rows)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out)
+    return counts
