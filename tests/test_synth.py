@@ -570,3 +570,10 @@ def test_tool_mix_draws_with_the_corpus_split_and_replays_its_sft(synth, tmp_pat
         tool_mix(corpus, tmp_path / "x.jsonl", invented=1.5)
     with pytest.raises(UserError, match="has only"):
         tool_mix(corpus, tmp_path / "x.jsonl", replay=10**6)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"seed": 0}', encoding="utf-8")
+    (bad / "sft.jsonl").write_text('{"conversations": []}\n{"conversations": [}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"sft.jsonl:2: not a JSON record"):
+        tool_mix(bad, tmp_path / "x.jsonl", conversations=1, replay=2)
+    assert not (tmp_path / "x.jsonl").exists()  # nothing half-written

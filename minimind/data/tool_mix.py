@@ -71,10 +71,16 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
         sft = corpus / "sft.jsonl"
         if not sft.is_file():
             raise UserError(f"{sft}: not found; --replay needs the corpus's sft.jsonl (or --replay 0)", param="replay")
-        lines = [line for line in sft.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(sft.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
         if replay > len(lines):
             raise UserError(f"--replay {replay}: {sft} has only {len(lines)} conversations", param="replay")
-        replayed = random.Random(f"tool-mix/{seed}/replay").sample(lines, replay)
+        for n, line in random.Random(f"tool-mix/{seed}/replay").sample(lines, replay):
+            try:
+                json.loads(line)["conversations"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{sft}:{n}: not a JSON record with a 'conversations' field; fix or remove "
+                                "that line", param="replay") from None
+            replayed.append(line)
 
     rng = random.Random(f"tool-mix/{seed}")
     others = {k: v for k, v in TOOL_WEIGHTS.items() if k != "lookup"}
