@@ -45,7 +45,8 @@ def test_report_page(demo_dir, tmp_path, capsys):
     md = (out / "report.md").read_text(encoding="utf-8")
     rep = json.loads((out / "report.json").read_text())
     for title in ("## Loss curves", "## Perplexity on held-out text", "## Multiple choice",
-                  "## Perplexity against context length", "## Held-out tasks", "Sample chats:"):
+                  "## Perplexity against context length", "## Copying from the context", "## Held-out tasks",
+                  "Sample chats:"):
         assert title in md
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG" and (out / "length.png").is_file()
     s = rep["sections"]
@@ -53,6 +54,9 @@ def test_report_page(demo_dir, tmp_path, capsys):
     assert s["length"]["checkpoint"] == "pretrain" and s["length"]["lengths"] == [48, 96, 192, 384]
     assert s["tasks"]["checkpoint"] == "sft" and all(v["total"] == 2 for v in s["tasks"]["families"].values())
     assert s["mc"]["sft"]["overall"]["chance"] == 0.25 and s["curves"]["runs"]["pretrain"]["eval_loss"] == 6.5
+    assert set(s["copy"]) == {"pretrain", "sft"} and s["copy"]["sft"]["probes"] == 100
+    c = s["copy"]["sft"]
+    assert f"| sft | {100 * c['copy_accuracy']:.1f}% | {100 * c['baseline_accuracy']:.1f}% |" in md
     ppl = s["ppl"]["pretrain"]
     assert f"| pretrain | {ppl['loss']:.3f} | {ppl['ppl']:.2f} | {ppl['bpb']:.3f} |" in md
 
@@ -65,4 +69,4 @@ def test_report_skip_and_errors(demo_dir, tmp_path, capsys):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "held-out tasks need a chat model" in md and "Not in this report: ppl, mc, length" in md
     code, _, err = run_cli(capsys, "eval", "report", demo_dir, "--skip", "speed")
-    assert code == 2 and "--skip speed: choose from curves, ppl, mc, length, tasks" in err
+    assert code == 2 and "--skip speed: choose from curves, ppl, mc, length, copy, tasks" in err

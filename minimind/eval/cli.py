@@ -29,6 +29,12 @@ def cmd_eval_length(args):
     run_eval_length(args)
 
 
+def cmd_eval_copy(args):
+    from .copy import run_eval_copy
+
+    run_eval_copy(args)
+
+
 def cmd_eval_report(args):
     from .report import run_eval_report
 
@@ -78,6 +84,17 @@ def _count(value: str) -> int:
 
 def _lengths(value: str) -> list[int]:
     return [_positive(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _range(value: str) -> list[int]:
+    """"4-16" -> [4, 16]; "8" -> [8, 8]."""
+    parts = value.split("-")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {value!r}")
+    lo, hi = _positive(parts[0].strip()), _positive(parts[-1].strip())
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX with MIN <= MAX, got {value!r}")
+    return [lo, hi]
 
 
 def _names(value: str) -> list[str]:
@@ -170,6 +187,21 @@ def add_commands(sub) -> None:
     _scoring_args(s, 8, json=False)
     s.set_defaults(func=cmd_eval_length)
 
+    s = ev.add_parser("copy", help="in-context copying: can the model repeat a list it has just read?",
+                      description="Random lists of single-token words from the model's own vocabulary, each "
+                      "written twice after a few filler words; scores the second copy (predictable only by "
+                      "copying from the context: induction) against the first (the same words unseen). Near "
+                      "0%% means the model cannot quote its context: subjects or operands it has not "
+                      "memorised, tool-call arguments, tool results. No data needed.")
+    s.add_argument("checkpoint", help="checkpoint or run directory")
+    s.add_argument("--probes", type=_positive, default=200, help="number of lists (default 200)")
+    s.add_argument("--lengths", type=_range, default=[4, 16], help="words per list, MIN-MAX (default 4-16)")
+    s.add_argument("--max-filler", type=int, default=16,
+                   help="up to this many random words before the list, so the copy distance varies (default 16)")
+    s.add_argument("--seed", type=int, default=0, help="draws the lists (default 0)")
+    _scoring_args(s, 32)
+    s.set_defaults(func=cmd_eval_copy)
+
     s = ev.add_parser("lm-eval-task", help="write an lm-eval task YAML over a minimind mcq.jsonl",
                       description="Writes NAME.yaml for EleutherAI's lm-evaluation-harness: the same prompts "
                       "and scoring as `minimind eval mc`, so `lm_eval --model hf --model_args "
@@ -188,7 +220,7 @@ def add_commands(sub) -> None:
                    "PATH/data, beside PATH, or data/builtin)")
     s.add_argument("--out", default=None, help="output directory (default PATH/report)")
     s.add_argument("--skip", type=_names, default=None,
-                   help="comma-separated sections to leave out: curves, ppl, mc, length, tasks")
+                   help="comma-separated sections to leave out: curves, ppl, mc, length, copy, tasks")
     s.add_argument("--limit", type=_positive, default=None, help="held-out task records per family (default all)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     s.add_argument("--dtype", default="auto", help="scoring precision: auto, bf16, fp32")

@@ -78,6 +78,7 @@ class Row:
 class RowScore:
     logprobs: torch.Tensor  # (n_scored,) float64, log p of each scored token in order
     greedy: bool  # every scored token was the argmax
+    hits: torch.Tensor | None = None  # (n_scored,) bool, whether each scored token was the argmax
 
     @property
     def total(self) -> float:
@@ -143,7 +144,7 @@ def _score_batch(sm: ScoringModel, rows: list[Row]) -> list[RowScore]:
         lp, hit = _target_logprobs(sm.model.lm_head, h[keep], y[keep])  # scored positions, row-major
     res, at = [], 0
     for n in keep.sum(1).tolist():
-        res.append(RowScore(lp[at:at + n], bool(hit[at:at + n].all())))
+        res.append(RowScore(lp[at:at + n], bool(hit[at:at + n].all()), hit[at:at + n]))
         at += n
     return res
 

@@ -8,6 +8,7 @@ nothing":
     perplexity           eval ppl on held-out text, per checkpoint (ppl of a uniform guess = vocab size)
     multiple choice      eval mc on the held-out mcq file, per checkpoint (chance = 1 / choices)
     length curve         eval length on the pretrained checkpoint, RoPE vs YaRN
+    copying              eval copy per checkpoint: does it repeat a list it has just read (vs not yet shown)
     held-out tasks       eval tasks (exact match, greedy generation) on the chat checkpoint,
                          with a few of its replies as sample chats
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from ..errors import UserError
 
 STAGE_ORDER = ["pretrain", "sft", "lora", "lora merge", "dpo", "distill", "reason"]
-SECTIONS = ("curves", "ppl", "mc", "length", "tasks")
+SECTIONS = ("curves", "ppl", "mc", "length", "copy", "tasks")
 CHAT_SAMPLES = 6
 
 
@@ -165,6 +166,12 @@ def mc_section(stages: list[Stage], data: Path, args) -> dict:
     return out
 
 
+def copy_section(stages: list[Stage], args) -> dict:
+    from .copy import evaluate_copy
+
+    return {s.name: evaluate_copy(_scoring(s, args), n=100, progress=args.progress) for s in stages}
+
+
 def _is_chat(stage: Stage) -> bool:
     return stage.stage not in ("pretrain", "")
 
@@ -240,6 +247,7 @@ def render(rep: dict) -> str:
     for key, title, fn in (("curves", "Loss curves", _md_curves), ("ppl", "Perplexity on held-out text", _md_ppl),
                            ("mc", "Multiple choice (held-out facts), by log-likelihood", _md_mc),
                            ("length", "Perplexity against context length (RoPE vs YaRN)", _md_length),
+                           ("copy", "Copying from the context (induction)", _md_copy),
                            ("tasks", "Held-out tasks (exact match, greedy)", _md_tasks)):
         if key in rep["sections"]:
             L += [f"## {title}", "", *fn(rep["sections"][key]), ""]
@@ -300,6 +308,18 @@ def _md_length(sec: dict) -> list[str]:
     return L + ([f"", f"![length curve]({sec['png']})"] if sec.get("png") else [])
 
 
+def _md_copy(sec: dict) -> list[str]:
+    L = ["| checkpoint | second copy (after reading) | first copy (not yet shown) | loss, second / first |",
+         "|---|---:|---:|---:|"]
+    for name, r in sec.items():
+        L.append(f"| {name} | {_pct(r['copy_accuracy'])} | {_pct(r['baseline_accuracy'])} | "
+                 f"{r['copy_loss']:.2f} / {r['baseline_loss']:.2f} |")
+    r = next(iter(sec.values()))
+    return L + ["", f"{r['probes']} lists of {r['lengths'][0]}-{r['lengths'][1]} random words, each written twice "
+                "(`minimind eval copy`): a model that copies predicts the second copy; near 0% it cannot quote "
+                "what it has just read (subjects and operands of new questions, tool-call arguments)."]
+
+
 def _md_tasks(sec: dict) -> list[str]:
     if "note" in sec:
         return [sec["note"]]
@@ -341,6 +361,7 @@ def build_report(args) -> dict:
             ("ppl", lambda: ppl_section(stages, data, args), True),
             ("mc", lambda: mc_section(stages, data, args), True),
             ("length", lambda: length_section(stages[0], data, out, args), True),
+            ("copy", lambda: copy_section(stages, args), False),
             ("tasks", lambda: tasks_section(chat[-1], data, args) if chat else
              {"note": "only a pretrained checkpoint: held-out tasks need a chat model (sft)"}, True)]
     for key, fn, needs_data in plan:
