@@ -43,6 +43,33 @@ def command_group(sub, name: str, help: str):
     return sub.choices[name].get_default("_group")
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def output_file(value: str) -> str:
+    """argparse type for a file the command writes: not a directory; its folder is created."""
+    from pathlib import Path
+
+    p = Path(value)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory; give a file name")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: {p.parent} is a file, not a folder")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{value}: cannot create its folder ({e.strerror})") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minimind", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -32,11 +32,12 @@ def cmd_info(args):
 
 
 def add_commands(sub) -> None:
+    from .cli import positive_int
     from .config import PRESETS
 
     s = sub.add_parser("info", help="parameter counts and FLOPs of a preset or checkpoint")
     s.add_argument("--preset", default="minimind2-small", help=f"one of: {', '.join(PRESETS)}")
     s.add_argument("--checkpoint", help="describe this checkpoint instead of a preset")
-    s.add_argument("--seq-len", type=int, default=512, help="sequence length for the FLOPs estimate")
+    s.add_argument("--seq-len", type=positive_int, default=512, help="sequence length for the FLOPs estimate")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)

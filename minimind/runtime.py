@@ -27,7 +27,10 @@ from .errors import UserError
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
         return dev

@@ -231,7 +231,17 @@ def train_tokenizer(
         show_progress=progress,
     )
     length = _count_lines(paths, max_docs) if progress else None
-    backend.train_from_iterator(_iter_texts(paths, max_docs), trainer, length=length)
+    read = [0]
+
+    def texts():
+        for t in _iter_texts(paths, max_docs):
+            read[0] += 1
+            yield t
+
+    backend.train_from_iterator(texts(), trainer, length=length)
+    if not read[0]:
+        raise UserError(f"{', '.join(map(str, paths))}: no text to learn from (empty files, or --max-docs 0); "
+                        f"give JSONL with text, conversations or chosen/rejected records")
     # The trainer registers every special token as special; re-adding the tags updates them to
     # special=False. A serialization round trip makes decode see the change.
     backend.add_tokens([_added_token(t) for t in TAG_TOKENS])

@@ -54,14 +54,14 @@ def cmd_data_prepare(args):
 
 
 def add_commands(sub) -> None:
-    from ..cli import command_group
+    from ..cli import command_group, positive_int
 
     tk = command_group(sub, "tokenizer", "train a byte-level BPE tokenizer")
     s = tk.add_parser("train", help="train from JSONL files (text, conversations or DPO records)")
     s.add_argument("--data", nargs="+", required=True, help="JSONL file(s)")
     s.add_argument("--out", required=True, help="output directory (tokenizer.json, tokenizer_config.json)")
     s.add_argument("--vocab-size", type=int, default=6400)
-    s.add_argument("--max-docs", type=int, default=None, help="use at most this many records")
+    s.add_argument("--max-docs", type=positive_int, default=None, help="use at most this many records")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_tokenizer_train)
     s = tk.add_parser("show", help="how a text is tokenized: each token's id, text and bytes",
@@ -110,7 +110,7 @@ def add_commands(sub) -> None:
     s.add_argument("--tokenizer", required=True, help="tokenizer or checkpoint directory")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--kind", choices=["pretrain", "sft", "dpo"], help="default: detected from the first record")
-    s.add_argument("--max-seq-len", type=int, default=None, help="cut conversations to this many tokens")
+    s.add_argument("--max-seq-len", type=positive_int, default=None, help="cut conversations to this many tokens")
     s.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_prepare)
@@ -124,7 +124,7 @@ def add_commands(sub) -> None:
                    help="line of the JSONL file, or record of a prepared directory, from 1 (default 1); a "
                         "prepared directory leaves out empty and skipped lines")
     s.add_argument("--tokenizer", help="tokenizer, checkpoint or run directory (default runs/demo/tokenizer)")
-    s.add_argument("--max-seq-len", type=int, default=None,
+    s.add_argument("--max-seq-len", type=positive_int, default=None,
                    help="show where training with this --max-seq-len cuts the record")
     s.add_argument("--tokens", action="store_true", help="one line per token (position, id, trained, text)")
     s.add_argument("--color", choices=["auto", "always", "never"], default="auto",

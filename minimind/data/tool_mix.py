@@ -97,6 +97,8 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
     rows += replayed
     rng.shuffle(rows)
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: a directory; give a file name such as {out / 'tool_mix.jsonl'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")

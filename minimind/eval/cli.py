@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import output_file, positive_int
+
 
 def cmd_eval_tasks(args):
     from .tasks import run_eval_tasks
@@ -54,18 +56,11 @@ def _scoring_args(s, batch_size: int, json: bool = True) -> None:
     s.add_argument("--dtype", default="auto", help="matmul precision: auto (bf16 where the hardware is fast "
                    "at it, else fp32), bf16, fp32; weights stay fp32")
     if json:
-        s.add_argument("--json", help="also write the results to this JSON file")
+        s.add_argument("--json", type=output_file, help="also write the results to this JSON file")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+_positive = positive_int
 
 
 def _factor(value: str) -> float:
@@ -109,12 +104,12 @@ def add_commands(sub) -> None:
     s = ev.add_parser("tasks", help="exact-match accuracy per task family on a held-out split")
     s.add_argument("checkpoint")
     s.add_argument("--data", default="data/builtin/eval/heldout.jsonl", help="held-out JSONL")
-    s.add_argument("--limit", type=int, default=None, help="at most this many records per family")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--limit", type=_positive, default=None, help="at most this many records per family")
+    s.add_argument("--batch-size", type=_positive, default=32, help="questions generated together (default 32)")
     s.add_argument("--think", choices=["on", "off"], default="off")
-    s.add_argument("--max-new-tokens", type=int, default=96)
+    s.add_argument("--max-new-tokens", type=_positive, default=96, help="reply length cap (default 96)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--json", help="also write the results to this JSON file")
+    s.add_argument("--json", type=output_file, help="also write the results to this JSON file")
     add_quantize_arg(s)
     s.set_defaults(func=cmd_eval_tasks)
 

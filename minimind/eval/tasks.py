@@ -32,10 +32,12 @@ def load_heldout(path, limit: int | None = None) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: held-out file not found (make one with `minimind data synth`)")
     per_family, out = defaultdict(int), []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if any("\udc80" <= c <= "\udcff" for c in line):
+                raise UserError(f"{path}:{n}: not UTF-8 text; the held-out file is UTF-8 JSONL")
             try:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
@@ -84,8 +86,10 @@ def format_table(res: dict) -> str:
 
 
 def run_eval_tasks(args) -> dict:
+    from ..checkpoint import check_checkpoint_dir
     from ..infer.generate import load_for_inference
 
+    check_checkpoint_dir(args.checkpoint)  # a wrong checkpoint path is named before the data file
     records = load_heldout(args.data, args.limit)
     model, tok = load_for_inference(args.checkpoint, args.device, quantize=getattr(args, "quantize", "none"))
     res = evaluate_tasks(model, tok, records, think=args.think == "on", batch_size=args.batch_size,

@@ -250,6 +250,8 @@ def run_eval_tools(args) -> dict:
 
 
 def add_eval_tools_command(ev, positive) -> None:
+    from ..cli import output_file
+
     s = ev.add_parser("tools", help="tool use per tool: call rate, call validity, argument exactness, answer accuracy",
                       description="Runs the model as an agent on held-out tool tasks (the tools really run) and "
                       "reports per tool and overall: call rate, valid calls, exact arguments, final-answer accuracy "
@@ -269,6 +271,6 @@ def add_eval_tools_command(ev, positive) -> None:
     s.add_argument("--batch-size", type=positive, default=32, help="local: episodes run together (default 32)")
     s.add_argument("--think", choices=["on", "off"], default="off", help="local: open a <think> block")
     s.add_argument("--device", default="auto", help="local: auto, cpu, cuda, mps")
-    s.add_argument("--json", help="also write the results (with every episode) to this JSON file")
+    s.add_argument("--json", type=output_file, help="also write the results (with every episode) to this JSON file")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=lambda args: run_eval_tools(args))

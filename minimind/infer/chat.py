@@ -192,6 +192,7 @@ def generate_once(args) -> None:
 # ----------------------------------------------------------------------------- commands
 
 def add_sampling_args(p) -> None:
+    from ..cli import positive_int
     from .quant import add_quantize_arg
 
     g = p.add_argument_group("sampling")
@@ -199,7 +200,7 @@ def add_sampling_args(p) -> None:
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=positive_int, default=256, help="reply length cap (default 256)")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same reply)")
     g.add_argument("--think", choices=["on", "off"], default="off",
                    help="open a <think> block before answering (adaptive thinking switch)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import UserError
 from ..eval.tasks import is_correct
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -77,7 +78,7 @@ class RuleReward:
         weights = weights or {"answer": 1.0}
         unknown = set(weights) - set(RULES)
         if unknown:
-            raise ValueError(f"unknown reward rules {sorted(unknown)}; choose from {sorted(RULES)}")
+            raise UserError(f"--rules: unknown reward rules {sorted(unknown)}; choose from {sorted(RULES)}")
         total = sum(weights.values())
         self.weights = {k: v / total for k, v in weights.items() if v}
         self.think = think

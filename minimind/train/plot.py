@@ -76,6 +76,9 @@ def plot_run(run_dirs, out=None) -> Path:
     fig.suptitle(", ".join(Path(d).name for d in runs) if len(runs) > 1 else str(run_dirs[0]))
     fig.tight_layout()
     out = Path(out) if out else Path(run_dirs[0]) / "curves.png"
+    if out.is_dir():
+        raise UserError(f"--out {out}: a directory; give a file name such as {out / 'curves.png'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -170,10 +170,38 @@ def add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.set_defaults(auto_batch=False)
 
 
+# (flag, attribute, lowest allowed, open interval at the lowest?, highest allowed or None)
+_RANGES = [("--lr", "lr", 0.0, True, None), ("--min-lr-ratio", "min_lr_ratio", 0.0, False, 1.0),
+           ("--warmup", "warmup", 0, False, None), ("--steps", "steps", 0, False, None),
+           ("--epochs", "epochs", 0.0, True, None), ("--weight-decay", "weight_decay", 0.0, False, None),
+           ("--grad-clip", "grad_clip", 0.0, False, None), ("--decay-frac", "decay_frac", 0.0, False, 1.0),
+           ("--muon-lr", "muon_lr", 0.0, True, None), ("--max-seq-len", "max_seq_len", 1, False, None),
+           ("--eval-every", "eval_every", 0, False, None), ("--eval-batches", "eval_batches", 1, False, None),
+           ("--think-weight", "think_weight", 0.0, False, None)]
+
+
+def _check_numbers(args) -> None:
+    """One line for a number outside what the flag means (a negative lr or step count, a final lr ratio
+    above 1, ...), before anything runs."""
+    for flag, attr, lo, open_lo, hi in _RANGES:
+        v = getattr(args, attr, None)
+        if v is None:
+            continue
+        if (v <= lo if open_lo else v < lo) or (hi is not None and v > hi):
+            want = (f"{'above' if open_lo else 'at least'} {lo}" + (f" and at most {hi}" if hi is not None else ""))
+            raise UserError(f"{flag} {v}: must be {want}")
+
+
 def run_config(args, stage: str, extra: dict | None = None) -> RunConfig:
     """The argparse namespace of a training command -> RunConfig (the boundary)."""
     if args.grad_accum < 1:
         raise UserError(f"--grad-accum must be a positive integer, got {args.grad_accum}")
+    _check_numbers(args)
+    for flag, path in (("--data", args.data), ("--eval-data", getattr(args, "eval_data", None))):
+        if path and not Path(path).exists():
+            raise UserError(f"{flag} {path}: no such file or directory")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: a file of that name exists; --out is a run directory")
     budget = parse_duration(args.time_budget) if args.time_budget else 0.0
     train = TrainConfig(
         out_dir=args.out, steps=args.steps or 0, batch_size=args.batch_size, grad_accum=args.grad_accum,
