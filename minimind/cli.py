@@ -70,8 +70,16 @@ def output_file(value: str) -> str:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `minimind eval tasks: error: ... (minimind eval tasks --help)`
+    instead of the whole usage block first. Subcommand parsers are made of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minimind", description=__doc__.split("\n")[0],
+    p = Parser(prog="minimind", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Start with `minimind demo`; `minimind COMMAND --help` for details.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -83,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .runtime import pin_malloc_threshold
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `minimind`: the list of commands
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
     if getattr(args, "varying_shapes", False):
         pin_malloc_threshold()
     try:

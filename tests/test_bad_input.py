@@ -20,10 +20,20 @@ def fails(capsys, *argv, says):
 
 
 def usage_error(capsys, *argv, says):
+    """A flag argparse rejects: one line naming the command, the flag and where to read more."""
     with pytest.raises(SystemExit) as e:
         run_cli(capsys, *argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err, err
+    assert len(err.strip().splitlines()) == 1 and "--help`)" in err, err
+
+
+def test_argparse_errors_are_one_line_and_bare_minimind_lists_the_commands(capsys):
+    usage_error(capsys, "pretrain", "--data", "x", says="minimind pretrain: error: the following arguments are "
+                "required: --out (see `minimind pretrain --help`)")
+    usage_error(capsys, "eval", "nosuch", says="minimind eval: error: argument SUBCOMMAND: invalid choice: 'nosuch'")
+    code, out, _ = run_cli(capsys)
+    assert code == 2 and "usage: minimind" in out and "pretrain" in out and "eval" in out
 
 
 @pytest.mark.parametrize("flag,value,says", [
