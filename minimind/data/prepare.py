@@ -325,10 +325,14 @@ def _build(input_path: Path, tok: Tokenizer, tmp: Path, wanted: dict, progress: 
                disable=not progress, file=sys.stderr)
     try:
         with bar:
-            for chunk in _chunks(records, CHUNK_LINES):
-                cut, empty, most = _add_chunk(kind, tok, chunk, writers, limit, input_path)
-                truncated, dropped, longest = truncated + cut, dropped + empty, max(longest, most)
-                bar.update(stats.bytes_read - bar.n)
+            try:
+                for chunk in _chunks(records, CHUNK_LINES):
+                    cut, empty, most = _add_chunk(kind, tok, chunk, writers, limit, input_path)
+                    truncated, dropped, longest = truncated + cut, dropped + empty, max(longest, most)
+                    bar.update(stats.bytes_read - bar.n)
+            except BaseException:
+                bar.leave = False  # clear the bar: the error should be the line left on screen
+                raise
     finally:
         for w in writers.values():
             w.close()
