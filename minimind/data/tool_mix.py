@@ -57,7 +57,9 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
     from .synth import Gen
     from .synth_tools import TOOL_WEIGHTS, ToolTasks, tool_convo
 
-    corpus = Path(corpus)
+    corpus, out = Path(corpus), Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: a directory; give a file name such as {out / 'tool_mix.jsonl'}", param="out")
     if conversations < 0 or replay < 0:
         raise UserError("--conversations and --replay must be >= 0", param="conversations")
     for name, value in (("lookup-share", lookup_share), ("invented", invented), ("substituted", substituted),
@@ -96,9 +98,6 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
     counts["replayed"] = len(replayed)
     rows += replayed
     rng.shuffle(rows)
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: a directory; give a file name such as {out / 'tool_mix.jsonl'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")

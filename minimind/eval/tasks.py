@@ -27,6 +27,9 @@ def is_correct(reply: str, answer: str) -> bool:
     return answer in reply
 
 
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by errors="surrogateescape"
+
+
 def load_heldout(path, limit: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -36,7 +39,7 @@ def load_heldout(path, limit: int | None = None) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            if any("\udc80" <= c <= "\udcff" for c in line):
+            if _UNDECODED.search(line):
                 raise UserError(f"{path}:{n}: not UTF-8 text; the held-out file is UTF-8 JSONL")
             try:
                 r = json.loads(line)
