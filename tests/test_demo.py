@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from minimind import demo
+from minimind.config import PRESETS
 from minimind.checkpoint import resolve_checkpoint
 from minimind.cli import main
 
@@ -43,6 +44,13 @@ def test_stage_flags_pass_the_budget_and_the_recipe():
     assert quick[:2] == ["--steps", str(demo.QUICK["steps"]["sft"])] and "--time-budget" not in quick
     longer = demo._stage_flags("pretrain", demo.RECIPE, _args(minutes=30.0), spent_s=15.0)
     assert float(longer[1]) > 3 * float(flags[1])  # the fixed costs do not grow with the budget
+
+
+def test_the_model_grows_with_the_budget():
+    assert demo.preset_for(10.0) == demo.RECIPE["preset"] == "pico"
+    assert demo.preset_for(29.0) == "pico" and demo.preset_for(30.0) == demo.preset_for(60.0) == "nano"
+    assert demo.preset_for(30.0, quick=True) == demo.QUICK["preset"]
+    assert {demo.RECIPE["preset"], demo.QUICK["preset"], demo.LONG_PRESET} <= set(PRESETS)
 
 
 def test_bad_minutes_is_a_user_error(tmp_path, capsys):
@@ -104,6 +112,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         rows = [json.loads(line) for line in open(out / run / "metrics.jsonl")]
         losses = [r["loss"] for r in rows if "loss" in r]
         assert losses[-1] < losses[0]  # both stages learn
+    shape = json.loads((resolve_checkpoint(out / "pretrain") / "config.json").read_text())
+    want = PRESETS[demo.QUICK["preset"]]
+    assert (shape["hidden_size"], shape["num_hidden_layers"]) == (want["hidden_size"], want["num_hidden_layers"])
     # the held-out eval file was written with one reply per record
     res = json.loads((out / "eval_heldout.json").read_text())
     assert len(res["samples"]) == sum(v["total"] for v in res["families"].values())

@@ -44,6 +44,7 @@ def test_param_count_formula_matches_module(name):
 
 def test_nano_is_demo_sized():
     assert 3e6 <= get_preset("nano").param_counts()["total"] <= 8e6
+    assert 5e5 <= get_preset("pico").param_counts()["total"] <= 2e6  # the 10-minute demo's model
 
 
 def test_unknown_preset_is_user_error():
