@@ -179,7 +179,7 @@ _IGNORED_KEYS = {"model_type", "architectures", "transformers_version"}
 
 PRESETS: dict[str, dict] = {
     # the 10-minute demo's size: on a slow CPU, many steps of a tiny model beat few of a larger one
-    # (bench/RESULTS.md, "A smaller model in the same 10 minutes")
+    # (bench/RESULTS.md, "a smaller model in the same 10 minutes")
     "pico": dict(hidden_size=96, num_hidden_layers=6, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=2048),
     # CPU demo size: learns the built-in corpus in minutes on two cores (the 30-minute demo)

@@ -55,8 +55,8 @@ QUICK = dict(preset="pico", size=0.05, mix="demo", eval_limit=8, log_every=1, st
 
 # held-out accuracy of the default demo as the README states it, per machine class (dtype trained in)
 README_RESULTS = {  # the default 10-minute demo, per machine class (the README's table states the same)
-    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.20, "add": 0.01, "identity": 1.0, "tool": 0.02},
-    "bf16": {"label": "2-core bf16 CPU", "fact": 0.58, "add": 0.10, "identity": 0.56, "tool": 0.0},
+    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.45, "add": 0.11, "identity": 0.67, "tool": 0.03},
+    "bf16": {"label": "2-core bf16 CPU", "fact": 0.51, "add": 1.0, "identity": 0.56, "tool": 0.08},
 }
 README_RESULTS_LONG = {  # `demo --long` (30 minutes)
     "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.67, "add": 0.98, "identity": 0.67, "tool": 0.02},
@@ -75,7 +75,7 @@ LONG_PRESET, LONG_MINUTES = "nano", 30.0  # from this budget on, the larger mode
 
 def preset_for(minutes: float, quick: bool = False) -> str:
     """The recipe's model for a budget: `pico` below LONG_MINUTES, `nano` from there (bench/RESULTS.md,
-    "A smaller model in the same 10 minutes"; the --long row of the README was measured on nano)."""
+    "a smaller model in the same 10 minutes"; the --long row of the README was measured on nano)."""
     if quick or minutes < LONG_MINUTES:
         return (QUICK if quick else RECIPE)["preset"]
     return LONG_PRESET
