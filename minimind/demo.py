@@ -17,8 +17,9 @@ trains more on a fast one.
 The recipe (RECIPE) is what 10 minutes of such a CPU can teach, chosen by the experiments in
 bench/RESULTS.md ("A demo that learns in 10 minutes"): corpus size and mix, preset, batch, learning
 rates and optimizer. The model grows with the budget (preset_for): the 10-minute demo trains `pico`
-(1.0M parameters with the demo's tokenizer), which takes ~2.4x the steps of `nano` (4.0M) in the same time and learns more from
-them; `--long` (30 minutes and more) trains `nano`. `--quick` runs a tiny version in about a minute to check that everything works.
+(1.0M parameters with the demo's tokenizer), which takes ~2.4x the steps of `nano` (4.0M) in the
+same time and learns more from them; `--long` (30 minutes and more) trains `nano`. `--quick` runs a
+tiny version in about a minute to check that everything works.
 """
 
 from __future__ import annotations
@@ -250,6 +251,6 @@ def add_commands(sub) -> None:
     s.add_argument("--quick", action="store_true",
                    help="a tiny run with fixed steps to check the pipeline (about a minute; ignores --minutes)")
     s.add_argument("--long", action="store_const", const=30.0, dest="minutes",
-                   help="the same recipe with a 30-minute budget (same as --minutes 30)")
+                   help="the same recipe with a 30-minute budget, on the larger nano model (same as --minutes 30)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=run_demo)
