@@ -29,6 +29,7 @@ import shlex
 import time
 from pathlib import Path
 
+from .config import PRESETS
 from .errors import UserError
 
 MINUTES = 10.0  # default end-to-end budget
@@ -240,8 +241,9 @@ def add_commands(sub) -> None:
                    help=f"time budget end to end (default {MINUTES:g}); pretraining and SFT share what the corpus, "
                         f"tokenizer and a {AFTER_TRAINING_S:.0f} s reserve for evaluation leave, "
                         f"{SHARES['pretrain']:.0%} / {SHARES['sft']:.0%}".replace("%", "%%"))
-    s.add_argument("--preset", default=None, help=f"model shape (default {RECIPE['preset']}, or {LONG_PRESET} from "
-                        f"--minutes {LONG_MINUTES:g}: the model grows with the budget)")
+    s.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET", help=f"model shape (default {RECIPE['preset']}, or {LONG_PRESET} from "
+                        f"--minutes {LONG_MINUTES:g}: the model grows with the budget; any of "
+                        f"{', '.join(PRESETS)})")
     s.add_argument("--size", type=float, default=None, help=f"built-in corpus size multiplier (default {RECIPE['size']:g})")
     s.add_argument("--pretrain-steps", type=int, default=None, help="at most this many pretraining steps (the budget may stop it sooner)")
     s.add_argument("--sft-steps", type=int, default=None, help="at most this many SFT steps (the budget may stop it sooner)")

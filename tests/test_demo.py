@@ -53,6 +53,15 @@ def test_the_model_grows_with_the_budget():
     assert {demo.RECIPE["preset"], demo.QUICK["preset"], demo.LONG_PRESET} <= set(PRESETS)
 
 
+def test_unknown_preset_fails_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse rejects it, as the command line does (exit 2)
+        main(["demo", "--preset", "bogus", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--preset" in err and "bogus" in err and "pico" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # nothing was written
+
+
 def test_bad_minutes_is_a_user_error(tmp_path, capsys):
     assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--minutes" in capsys.readouterr().err
