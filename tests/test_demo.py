@@ -10,7 +10,7 @@ import pytest
 from minimind import demo
 from minimind.config import PRESETS
 from minimind.checkpoint import resolve_checkpoint
-from minimind.cli import main
+from minimind.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,6 +51,14 @@ def test_the_model_grows_with_the_budget():
     assert demo.preset_for(29.0) == "pico" and demo.preset_for(30.0) == demo.preset_for(60.0) == "nano"
     assert demo.preset_for(30.0, quick=True) == demo.QUICK["preset"]
     assert {demo.RECIPE["preset"], demo.QUICK["preset"], demo.LONG_PRESET} <= set(PRESETS)
+    # each budget brings its own plan: nano keeps the pretraining flags its --long row was measured with
+    assert demo.plan_for(10.0) is demo.RECIPE and demo.plan_for(30.0) is demo.LONG
+    assert demo.plan_for(30.0, quick=True) is demo.QUICK
+    assert demo.LONG["pretrain"] != demo.RECIPE["pretrain"] and demo.LONG["sft"] == demo.RECIPE["sft"]
+    parser = build_parser()
+    for plan in (demo.RECIPE, demo.LONG, demo.QUICK):  # every flag is one the training commands take
+        for stage in ("pretrain", "sft"):
+            parser.parse_args([stage, "--data", "d.jsonl", "--out", "o"] + plan[stage])
 
 
 def test_unknown_preset_fails_before_any_work(tmp_path, capsys):

@@ -447,10 +447,18 @@ def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
     import minimind.data.synth as synth_mod
 
     assert synth_mod.ADD_SCRATCHPAD_SHARE == 0.0 and synth_mod.TABLE_SIZES is None  # defaults back
-    assert ("about", 14) not in synth_mod.SFT_KINDS
+    assert ("about", 14) not in synth_mod.SFT_KINDS and synth_mod.CHAT_IDENTITY_SHARE == 0.0
     m = demo_mix["manifest"]
     assert m["mix"] == "demo"
     assert m["families"]["pretrain"].get("chat", 0) > 0 and m["families"]["sft"].get("about", 0) > 0
+    # chat-format pretraining documents open with a training phrasing of "who are you?" in the demo mix
+    # (rule 2 keeps the held-out phrasings out); the default mix has none
+    asks = [f"<|im_start|>user\n{p}<|im_end|>" for p in synth_mod.IDENTITY_EN + synth_mod.IDENTITY_ZH]
+
+    def who(recs):
+        return [d["text"] for d in recs["pretrain"] if any(a in d["text"] for a in asks)]
+    assert len(who(demo_mix["recs"])) > 0.02 * len(demo_mix["recs"]["pretrain"]), len(who(demo_mix["recs"]))
+    assert all("MiniMind" in t for t in who(demo_mix["recs"])) and not who(synth["recs"])
     # replies to a user's question (a tool's result is answered directly, as before)
     replies = [m for r in demo_mix["recs"]["sft"] for u, m in zip(r["conversations"], r["conversations"][1:])
                if u["role"] == "user" and m["role"] == "assistant" and not m.get("reasoning_content")]

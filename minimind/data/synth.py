@@ -456,6 +456,7 @@ EN_SHARE = 0.6  # share of English documents and conversations (the rest Chinese
 TABLE_SIZES: dict | None = None  # rows of each fact table to use (None: all)
 ADD_TWO_DIGIT_SHARE = 0.72  # share of training additions with two two-digit addends
 CANONICAL_SHARE = 0.3  # share of fact statements in pretraining that are the SFT answer sentence
+CHAT_IDENTITY_SHARE = 0.0  # share of chat-format pretraining documents that open with "who are you?"
 FAQ_FACT_SHARE = 0.75  # share of Q/A lines in pretraining FAQs that ask about facts (the rest: sums)
 # share of chat answers to sums that work the columns out in the reply itself (ones digit, carry,
 # tens digit, then the sum): the digits a small model cannot look up at once, one at a time
@@ -518,12 +519,18 @@ IDENTITY_EN = [
     "What's your name?", "Can you introduce yourself?", "Please give a short introduction of yourself.",
     "Who am I talking to?", "What kind of assistant are you?", "Do you have a name?",
     "May I know your name?", "Are you an AI?", "What model are you?", "Which assistant is this?",
-    "Please tell me who you are.", "Could you tell me your name?",
+    "Please tell me who you are.", "Could you tell me your name?", "Hello, may I ask who you are?",
+    "What do you call yourself?", "Are you a person?", "Tell me your name.", "Who is this?",
+    "What are you called?", "Say something about yourself.", "Are you a robot?",
+    "Introduce yourself, please.", "Who am I chatting with?",
 ]
 IDENTITY_ZH = [
     "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "你是人类吗？", "谁开发了你？",
     "我该怎么称呼你？", "你有名字吗？", "你是什么模型？", "能做个自我介绍吗？", "请问你是哪位？",
     "和我聊天的是谁？", "你是哪个助手？", "介绍一下你吧。", "你是机器人吗？", "告诉我你的名字。",
+    "你的名字是什么？", "请问你叫什么？", "可以告诉我你是谁吗？", "你是哪个模型？", "你是人工智能吗？",
+    "自我介绍一下。", "你是什么助手？", "请做个自我介绍。", "我在和谁说话？", "你是真人吗？",
+    "你是一个程序吗？", "请问怎样称呼你？", "说说你自己吧。", "跟我说说你是谁。", "你是谁开发的？", "能告诉我你的名字吗？",
 ]
 MINIMIND_EN = [
     "I am MiniMind, a small language model assistant. How can I help you?",
@@ -888,6 +895,8 @@ class Pretrain:
         """One to three exchanges about TRAIN facts and sums, written in the chat template: the
         format SFT teaches, seen while the facts are being learned ("mixed training")."""
         chat, msgs = Chat(self.g, self.rng), []
+        if self.rng.random() < CHAT_IDENTITY_SHARE:
+            msgs += chat.identity_qa(lang)
         for _ in range(self.rng.randint(1, 3)):
             msgs += chat.fact_qa(lang) if self.rng.random() < FAQ_FACT_SHARE else chat.add_qa(lang)
         return render_chat_text(_with_system(self.rng, lang, msgs, 0.2))[0].rstrip("\n")
@@ -1452,15 +1461,15 @@ def _pretrain_docs(g: Gen, n: int) -> tuple[list[tuple[str, str]], list[str]]:
 # Corpus mixes: knob values (module globals above, "Class.ATTR" for class attributes) that replace
 # the defaults while a corpus is written. "demo" is what 10 minutes of a 2-core CPU can learn from
 # (bench/RESULTS.md, "A demo that learns in 10 minutes"): fewer subjects per table, each stated
-# more often and in the answer's own words, chat-format documents in pretraining, sums worked
-# column by column in the replies, and "describe X" conversations that keep the pretraining
-# paragraphs in SFT.
+# more often and in the answer's own words, chat-format documents in pretraining (a fifth of them
+# opening with "who are you?"), sums worked column by column in the replies, and "describe X"
+# conversations that keep the pretraining paragraphs in SFT.
 MIXES: dict[str, dict] = {
     "default": {},
     "demo": {
         "TABLE_SIZES": {"country": 30, "planet": 8, "element": 20, "animal": 20, "invention": 12},
         "CANONICAL_SHARE": 0.6, "FAQ_FACT_SHARE": 0.6, "ADD_TWO_DIGIT_SHARE": 0.9,
-        "ADD_SCRATCHPAD_SHARE": 1.0,
+        "ADD_SCRATCHPAD_SHARE": 1.0, "CHAT_IDENTITY_SHARE": 0.2,
         "Pretrain.KINDS": [("entity", 30), ("group", 12), ("glossary", 4), ("faq", 4), ("chat", 16),
                            ("drill", 20), ("column", 6), ("word_problem", 4), ("story", 6)],
         "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 10),
