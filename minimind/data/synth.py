@@ -45,6 +45,7 @@ Eval answers are short strings ("Paris", "71"); match them as whole words/number
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -1391,10 +1392,16 @@ def _unmatchable(g: Gen, f: Fact, lang: str) -> bool:
 
 
 def _subsample(rng: random.Random, fam: dict, frac: float, floor: int) -> list[tuple[str, dict]]:
-    """Keep a fraction of each family (at least `floor`), so tiny corpora have tiny eval sets."""
+    """Keep a fraction of each family (at least `floor`), so tiny corpora have tiny eval sets. Tool
+    tasks are kept in turn per tool, so even a tiny set asks for every tool."""
     out = []
     for name, recs in fam.items():
         rng.shuffle(recs)
+        if name == "tool":
+            by_tool: dict[str, list] = {}
+            for r in recs:
+                by_tool.setdefault(r["tool"], []).append(r)
+            recs = [r for turn in itertools.zip_longest(*by_tool.values()) for r in turn if r is not None]
         k = min(len(recs), max(floor, round(len(recs) * frac)))
         out += [(name, r) for r in recs[:k]]
     return out
