@@ -48,17 +48,16 @@ MIN_STAGE_S = 10.0  # a stage gets at least this (a budget too small for it stil
 # (more steps in the same tokens), SFT at a lower lr than pretraining. On `pico`, 16 x 128 rows
 # (attention over 128 positions: ~10% more tokens a second than 8 x 256) and two thirds of nano's
 # pretraining lr ("2026-12-01: pico's pretraining and its name").
+_MUON_WSD = ["--optimizer", "muon", "--schedule", "wsd", "--decay-frac", "0.3", "--warmup", "20"]
 RECIPE = dict(preset="pico", size=0.5, mix="demo", eval_limit=None, log_every=10,
-              pretrain=["--batch-size", "16", "--max-seq-len", "128", "--optimizer", "muon", "--lr", "2e-3",
-                        "--muon-lr", "0.012", "--schedule", "wsd", "--decay-frac", "0.3", "--warmup", "20"],
+              pretrain=["--batch-size", "16", "--max-seq-len", "128", "--lr", "2e-3", "--muon-lr", "0.012"] + _MUON_WSD,
               sft=["--batch-size", "8", "--max-seq-len", "320", "--lr", "1e-3", "--schedule", "cosine",
                    "--warmup", "10"])
 # from LONG_MINUTES on (`--long`): the larger `nano`, with the pretraining flags its README row was
 # measured with
 LONG_MINUTES = 30.0
 LONG = dict(RECIPE, preset="nano",
-            pretrain=["--batch-size", "8", "--max-seq-len", "256", "--optimizer", "muon", "--lr", "3e-3",
-                      "--muon-lr", "0.02", "--schedule", "wsd", "--decay-frac", "0.3", "--warmup", "20"])
+            pretrain=["--batch-size", "8", "--max-seq-len", "256", "--lr", "3e-3", "--muon-lr", "0.02"] + _MUON_WSD)
 # a pipeline check, not a model: fixed steps (no budget), a tiny corpus, 8 held-out questions per family
 QUICK = dict(preset="pico", size=0.05, mix="demo", eval_limit=8, log_every=1, steps={"pretrain": 30, "sft": 20},
              pretrain=["--batch-size", "8", "--max-seq-len", "128", "--lr", "3e-3", "--warmup", "5"],
@@ -157,7 +156,7 @@ def run_demo(args) -> dict:
     common = ["--device", args.device, "--dtype", args.dtype, "--seed", str(args.seed)] + np
     stage("pretrain", lambda: _run([
         "pretrain", "--data", str(data / "pretrain.jsonl"), "--eval-data", str(data / "eval/heldout_pretrain.jsonl"),
-        "--tokenizer", str(tok_dir), "--preset", args.preset or preset_for(args.minutes, args.quick), "--out", str(out / "pretrain"),
+        "--tokenizer", str(tok_dir), "--preset", args.preset or plan["preset"], "--out", str(out / "pretrain"),
         "--eval-batches", "4", "--log-every", str(plan["log_every"])] + _stage_flags("pretrain", plan, args, spent()) + common))
     stage("sft", lambda: _run([
         "sft", "--data", str(data / "sft.jsonl"), "--init", str(out / "pretrain"), "--out", str(out / "sft"),
