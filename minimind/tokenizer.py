@@ -3,8 +3,8 @@
 Two jobs live here because they must agree with each other exactly:
 
 1. **The tokenizer.** A byte-level BPE (the GPT-2 recipe, via the Rust `tokenizers` library,
-   with Qwen2's pre-tokenizer split so digits stay single and a cap on token length so Chinese
-   phrases are not merged whole): text is split into bytes, so any string -- Chinese, emoji, code -- can be encoded with no
+   with Qwen2's pre-tokenizer split refined so digits and Chinese characters stay single pieces
+   and a cap on token length): text is split into bytes, so any string -- Chinese, emoji, code -- can be encoded with no
    unknown token, and frequent byte sequences are merged into single tokens. 6,400 tokens is
    the MiniMind size: a tiny vocabulary keeps the embedding table small (6400 x 512 is 3.3M of
    the 26M parameters) at the price of more tokens per sentence. The first 16 ids are fixed:
@@ -176,14 +176,26 @@ def _count_lines(paths: list[Path], cap: int | None) -> int:
     return total
 
 
-# Qwen2's pre-tokenizer split (llama.cpp knows it as the "qwen2" pre-tokenizer): like GPT-2's,
-# but every digit is its own piece, so numbers are spelled digit by digit -- a tiny model can
-# then learn column arithmetic instead of memorising a token per number.
-PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+# The pre-tokenizer split: Qwen2's (llama.cpp knows it as the "qwen2" pre-tokenizer) with two
+# changes for Chinese. As in Qwen2's (not GPT-2's), every digit is its own piece, so numbers are
+# spelled digit by digit -- a tiny model can then learn column arithmetic instead of memorising a token per number.
+# Unlike Qwen2's, (1) only a space joins the letters after it (Qwen2 joins any one punctuation mark),
+# and (2) every Han character is a piece of its own. Chinese has no spaces: under Qwen2's split
+# "。铝的原子序数是13。" is one piece after "。", BPE learns "。铝" and "铝的" as tokens, and the same
+# element is three different tokens at a sentence start, after a colon and at the start of a
+# question -- a small model then learns its facts three times over and answers Chinese questions
+# far worse than English ones (held-out facts 11-20% against 60-74%; 68-70% with this split,
+# bench/RESULTS.md "2026-12-02: one token for one Chinese character"). Both changes only cut
+# Qwen2's pieces finer, and BPE never merges across a cut it trained with, so llama.cpp's "qwen2"
+# pre-tokenizer reproduces this tokenizer's ids exactly (tests/test_tokenizer.py checks it).
+PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}| ?(?:(?!\p{Han})\p{L})+|\p{N}"
                      r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Longest token, in bytes. Chinese has no spaces, so without a cap a small corpus merges whole
-# phrases ("法国的首都是巴黎") into one token and the model never sees the words inside; 8 bytes
-# allows two Chinese characters or an 8-letter English piece.
+# Qwen2's own split, which the GGUF export names ("qwen2") and tokenizers trained before the change
+# above still carry in their tokenizer.json.
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Longest token, in bytes: an 8-letter English piece. (It once kept a small corpus from merging
+# whole Chinese phrases into one token; the split above now keeps Chinese to one character a token.)
 MAX_TOKEN_BYTES = 8
 
 

@@ -183,3 +183,81 @@ def test_vocab_too_small(tmp_path):
     write_corpus(tmp_path / "c.jsonl", n=5)
     with pytest.raises(UserError, match="vocab_size=100: too small"):
         train_tokenizer([tmp_path / "c.jsonl"], tmp_path / "t", vocab_size=100, progress=False)
+
+
+def _with_split(tok, regex):
+    """The same merges and vocabulary behind another pre-tokenizer split."""
+    from tokenizers import Regex
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import pre_tokenizers
+
+    backend = RustTokenizer.from_str(tok.backend.to_str())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    return backend
+
+
+def _han_tokens(tok):
+    """Vocabulary entries that hold a whole Han character, decoded."""
+    import re
+
+    pieces = (tok.backend.decode([i]) for i in range(tok.vocab_size))
+    return [p for p in pieces if re.search("[\u4e00-\u9fff]", p)]
+
+
+def test_a_chinese_character_is_one_token_wherever_it_stands(tokenizer_dir, corpus, tmp_path, monkeypatch):
+    """No token joins a Han character to anything, so 日 is the same token at a message start,
+    after "。", after "：" and inside a sentence. Under Qwen2's own split, BPE on the same corpus
+    learns punctuation + character and character + character tokens ("。X", "X的"): a subject is
+    then a different token after each mark."""
+    import minimind.tokenizer as T
+
+    tok = Tokenizer.load(tokenizer_dir)
+    han = _han_tokens(tok)
+    assert len(han) > 50 and all(len(p) == 1 for p in han), [p for p in han if len(p) > 1][:10]
+    alone = tok.encode("日本的首都")
+    for before in ["。", "：", "，", "你好", " ", "\n", "“"]:
+        assert tok.encode(before + "日本的首都")[-len(alone):] == alone, before
+    # an English word takes its leading space and no punctuation mark
+    assert tok.encode("(Paris")[1:] == tok.encode("Paris") and tok.decode(tok.encode("(Paris")[:1]) == "("
+
+    monkeypatch.setattr(T, "PRETOKENIZE_REGEX", T.QWEN2_REGEX)
+    qwen2 = train_tokenizer([corpus / "pretrain.jsonl", corpus / "sft.jsonl"], tmp_path / "q", vocab_size=800,
+                            progress=False)
+    joined = [p for p in _han_tokens(qwen2) if len(p) > 1]
+    assert any(not "\u4e00" <= p[0] <= "\u9fff" for p in joined), joined  # "。X"-style tokens
+
+
+def test_llama_cpp_qwen2_split_gives_the_same_ids(tokenizer_dir, corpus):
+    """GGUF export names llama.cpp's "qwen2" pre-tokenizer. Our split only cuts Qwen2's pieces
+    finer and BPE never learned a merge across those cuts, so Qwen2's split with our merges
+    tokenizes every corpus text (and hostile ones) to the same ids."""
+    from minimind.tokenizer import QWEN2_REGEX
+
+    tok = Tokenizer.load(tokenizer_dir)
+    qwen2 = _with_split(tok, QWEN2_REGEX)
+    texts = list(SAMPLES) + ["(word) 'quoted' 。铝：铝，铝？铝 铝a铝 1铝 ﹁中文﹂ 日本語のテキスト 한국어",
+                             "x\n\n  y\r\n\t。\n中", "ℹ️ Ⅻ ½ ²³ 〇一二 𠀀𠀁 豈 ＡＢＣ１２３"]
+    for path in ("pretrain.jsonl", "sft.jsonl"):
+        with open(corpus / path, encoding="utf-8") as f:
+            texts += [line for _, line in zip(range(400), f)]  # raw JSON lines: text, escapes, tags
+    for text in texts:
+        assert qwen2.encode(text, add_special_tokens=False).ids == tok.encode(text), text
+
+
+def test_tokenizers_saved_with_qwen2_split_keep_it(tok_dir, tmp_path):
+    """A tokenizer trained before the split changed loads with the split it was trained with."""
+    from minimind.tokenizer import QWEN2_REGEX
+
+    old = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    old["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_REGEX
+    (tmp_path / "old").mkdir()
+    for f in tok_dir.iterdir():
+        (tmp_path / "old" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(old, ensure_ascii=False), encoding="utf-8")
+    loaded = Tokenizer.load(tmp_path / "old")
+    qwen2 = _with_split(Tokenizer.load(tok_dir), QWEN2_REGEX)
+    for text in SAMPLES:
+        assert loaded.encode(text) == qwen2.encode(text, add_special_tokens=False).ids
