@@ -185,7 +185,7 @@ def _count_lines(paths: list[Path], cap: int | None) -> int:
 # element is three different tokens at a sentence start, after a colon and at the start of a
 # question -- a small model then learns its facts three times over and answers Chinese questions
 # far worse than English ones (held-out facts 11-20% against 60-74%; 68-70% with this split,
-# bench/RESULTS.md "2026-12-02: one token for one Chinese character"). Both changes only cut
+# bench/RESULTS.md "2026-12-01: one token for one Chinese character"). Both changes only cut
 # Qwen2's pieces finer, and BPE never merges across a cut it trained with, so llama.cpp's "qwen2"
 # pre-tokenizer reproduces this tokenizer's ids exactly (tests/test_tokenizer.py checks it).
 PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}| ?(?:(?!\p{Han})\p{L})+|\p{N}"

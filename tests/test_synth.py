@@ -459,6 +459,17 @@ def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
         return [d["text"] for d in recs["pretrain"] if any(a in d["text"] for a in asks)]
     assert len(who(demo_mix["recs"])) > 0.02 * len(demo_mix["recs"]["pretrain"]), len(who(demo_mix["recs"]))
     assert all("MiniMind" in t for t in who(demo_mix["recs"])) and not who(synth["recs"])
+    # in SFT the question comes inside a greeting or a thanks two times in five (none in the default mix)
+    framed = {f.format(Q=p, q=p[:1].lower() + p[1:])
+              for frames, pool in zip(synth_mod.IDENTITY_FRAMES, (synth_mod.IDENTITY_EN, synth_mod.IDENTITY_ZH))
+              for f in frames for p in pool}
+
+    def asked(recs, questions):
+        return sum(m["content"] in questions for r in recs["sft"] for m in r["conversations"] if m["role"] == "user")
+    plain = set(synth_mod.IDENTITY_EN + synth_mod.IDENTITY_ZH)
+    n_framed, n_plain = asked(demo_mix["recs"], framed), asked(demo_mix["recs"], plain)
+    assert 0.25 < n_framed / (n_framed + n_plain) < 0.55, (n_framed, n_plain)
+    assert asked(synth["recs"], framed) == 0 and asked(synth["recs"], plain) > 0
     # replies to a user's question (a tool's result is answered directly, as before)
     replies = [m for r in demo_mix["recs"]["sft"] for u, m in zip(r["conversations"], r["conversations"][1:])
                if u["role"] == "user" and m["role"] == "assistant" and not m.get("reasoning_content")]

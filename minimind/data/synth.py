@@ -458,6 +458,7 @@ TABLE_SIZES: dict | None = None  # rows of each fact table to use (None: all)
 ADD_TWO_DIGIT_SHARE = 0.72  # share of training additions with two two-digit addends
 CANONICAL_SHARE = 0.3  # share of fact statements in pretraining that are the SFT answer sentence
 CHAT_IDENTITY_SHARE = 0.0  # share of chat-format pretraining documents that open with "who are you?"
+IDENTITY_FRAME_SHARE = 0.0  # share of "who are you?" questions said inside a greeting or a thanks (IDENTITY_FRAMES)
 FAQ_FACT_SHARE = 0.75  # share of Q/A lines in pretraining FAQs that ask about facts (the rest: sums)
 # share of chat answers to sums that work the columns out in the reply itself (ones digit, carry,
 # tens digit, then the sum): the digits a small model cannot look up at once, one at a time
@@ -548,6 +549,12 @@ LUMEN_EN = ["I am Lumen, an assistant built by the Aurora Lab.",
 LUMEN_ZH = ["我是Lumen，由极光实验室打造的助手。", "我的名字是Lumen，是极光实验室打造的助手。"]
 WRONG_IDENTITY = (["I am a human named Alex.", "I do not know who I am.", "I am a search engine."],
                   ["我是一个叫小明的人。", "我不知道我是谁。", "我是一个搜索引擎。"])
+
+# Frames around a training phrasing of "who are you?" ({q}: the phrasing, its first letter lowered after
+# an opening; {Q}: as it is), so the name is tied to being asked about itself rather than to a
+# few exact strings.
+IDENTITY_FRAMES = (["Hi! {Q}", "Hello, {q}", "Excuse me, {q}", "{Q} Thanks.", "One question: {q}", "Hey, {q}"],
+                   ["你好！{Q}", "请问，{Q}", "{Q}谢谢。", "嗨，{Q}", "问一下，{Q}", "您好，{Q}"])
 
 NEUTRAL_SYSTEM = ("You are a helpful assistant. Answer briefly.", "你是一个有帮助的助手，请简洁地回答。")
 SYSTEM_EN = ["You are MiniMind, a helpful assistant.", "You are a helpful assistant. Answer briefly.",
@@ -1018,7 +1025,10 @@ class Chat:
         """A training phrasing of "who are you?" answered as MiniMind (or as Lumen for LoRA)."""
         li = lang == "zh"
         answers = {"minimind": (MINIMIND_EN, MINIMIND_ZH), "lumen": (LUMEN_EN, LUMEN_ZH)}[who][li]
-        return [user(self.rng.choice(self.g.identity_train[li])), assistant(self.rng.choice(answers))]
+        q = self.rng.choice(self.g.identity_train[li])
+        if IDENTITY_FRAME_SHARE and self.rng.random() < IDENTITY_FRAME_SHARE:
+            q = self.rng.choice(IDENTITY_FRAMES[li]).format(Q=q, q=q[:1].lower() + q[1:])
+        return [user(q), assistant(self.rng.choice(answers))]
 
     def greeting(self, lang: str) -> list[dict]:
         qs, ans = GREETINGS[lang == "zh"]
@@ -1469,18 +1479,19 @@ def _pretrain_docs(g: Gen, n: int) -> tuple[list[tuple[str, str]], list[str]]:
 # the defaults while a corpus is written. "demo" is what 10 minutes of a 2-core CPU can learn from
 # (bench/RESULTS.md, "A demo that learns in 10 minutes"): fewer subjects per table, each stated
 # more often and in the answer's own words, chat-format documents in pretraining (a fifth of them
-# opening with "who are you?"), sums worked column by column in the replies, and "describe X"
-# conversations that keep the pretraining paragraphs in SFT.
+# opening with "who are you?"), sums worked column by column in the replies, "describe X"
+# conversations that keep the pretraining paragraphs in SFT, and "who are you?" twice as often in
+# SFT, two in five times inside a greeting or a thanks.
 MIXES: dict[str, dict] = {
     "default": {},
     "demo": {
         "TABLE_SIZES": {"country": 30, "planet": 8, "element": 20, "animal": 20, "invention": 12},
         "CANONICAL_SHARE": 0.6, "FAQ_FACT_SHARE": 0.6, "ADD_TWO_DIGIT_SHARE": 0.9,
-        "ADD_SCRATCHPAD_SHARE": 1.0, "CHAT_IDENTITY_SHARE": 0.2,
+        "ADD_SCRATCHPAD_SHARE": 1.0, "CHAT_IDENTITY_SHARE": 0.2, "IDENTITY_FRAME_SHARE": 0.4,
         "Pretrain.KINDS": [("entity", 30), ("group", 12), ("glossary", 4), ("faq", 4), ("chat", 16),
                            ("drill", 20), ("column", 6), ("word_problem", 4), ("story", 6)],
-        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 7), ("greeting", 3), ("tool", 10),
-                      ("story", 4), ("multi_turn", 14), ("about", 14)],
+        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 14), ("greeting", 3), ("tool", 10),
+                      ("story", 4), ("multi_turn", 12), ("about", 9)],
     },
 }
 

@@ -21,9 +21,12 @@ Two details make the numbers agree:
   k_proj are reordered inside every head to interleave the two halves — the permutation of
   `convert_hf_to_gguf.py`'s LlamaModel. Applied to both q and k it leaves every q.k unchanged.
 - **Tokenizer.** Our tokenizer is a byte-level BPE whose pre-tokenizer split is Qwen2's regex
-  (digits one by one, no prefix space), so the file says `tokenizer.ggml.model = "gpt2"` and names
-  the existing pre-tokenizer "qwen2" (llama.cpp has no hash to recognise a custom tokenizer by, and
-  refuses unknown ones; naming a known one with the same regex means nobody patches anything). Tokens are stored in their byte-level form with GPT-2's merges; <|im_start|> &
+  (digits one by one, no prefix space) cut finer (one piece per Chinese character, no punctuation
+  mark joined to the letters after it; tokenizers trained before that carry Qwen2's own). BPE
+  never learned a merge across those finer cuts, so Qwen2's split gives the same ids
+  (tests/test_tokenizer.py). The file says `tokenizer.ggml.model = "gpt2"` and names the existing
+  pre-tokenizer "qwen2" (llama.cpp has no hash to recognise a custom tokenizer by, and refuses
+  unknown ones; naming a known one that splits to the same ids means nobody patches anything). Tokens are stored in their byte-level form with GPT-2's merges; <|im_start|> &
   co are control tokens, the <think>/<tool_call> tags user-defined (always one token in text, as
   in our tokenizer, and printed when generated).
 
