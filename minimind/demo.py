@@ -17,7 +17,7 @@ trains more on a fast one.
 The recipe (RECIPE) is what 10 minutes of such a CPU can teach, chosen by the experiments in
 bench/RESULTS.md ("A demo that learns in 10 minutes"): corpus size and mix, preset, batch, learning
 rates and optimizer. The model grows with the budget (plan_for): the 10-minute demo trains `pico`
-(1.0M parameters with the demo's tokenizer), which takes ~2.4x the steps of `nano` (4.0M) in the
+(0.9M parameters with the demo's tokenizer), which takes ~2.4x the steps of `nano` (4.0M) in the
 same time and learns more from them; `--long` (30 minutes and more) trains `nano` with its own
 pretraining flags (LONG). `--quick` runs a
 tiny version in about a minute to check that everything works.
@@ -65,11 +65,11 @@ QUICK = dict(preset="pico", size=0.05, mix="demo", eval_limit=8, log_every=1, st
 
 # held-out accuracy of the default demo as the README states it, per machine class (dtype trained in)
 README_RESULTS = {  # the default 10-minute demo, per machine class (the README's table states the same)
-    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.47, "add": 0.98, "identity": 0.77, "tool": 0.0},
-    "bf16": {"label": "2-core bf16 CPU", "fact": 0.52, "add": 1.0, "identity": 0.70, "tool": 0.0},
+    "fp32": {"label": "2-core AVX2 CPU, fp32", "fact": 0.65, "add": 0.99, "identity": 0.93, "tool": 0.0},
+    "bf16": {"label": "2-core bf16 CPU", "fact": 0.86, "add": 1.0, "identity": 0.93, "tool": 0.02},
 }
 README_RESULTS_LONG = {  # `demo --long` (30 minutes)
-    "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.70, "add": 0.02, "identity": 0.83, "tool": 0.05},
+    "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.64, "add": 1.0, "identity": 0.87, "tool": 0.03},
 }
 
 SAMPLE_PROMPTS = [
