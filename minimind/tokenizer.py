@@ -199,15 +199,19 @@ QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 MAX_TOKEN_BYTES = 8
 
 
-def _new_backend() -> _RustTokenizer:
-    backend = _RustTokenizer(models.BPE())
-    # Split first (digits apart, words with their leading space), then map to bytes: every
-    # string is representable, no unknown token. No prefix space, so "Hello" at the start of a
-    # message and after a newline are the same token.
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+def pre_tokenizer(regex: str | None = None) -> pre_tokenizers.PreTokenizer:
+    """Split by `regex` (PRETOKENIZE_REGEX unless given: digits apart, words with their leading
+    space), then map to bytes: every string is representable, no unknown token. No prefix space,
+    so "Hello" at the start of a message and after a newline are the same token."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex or PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
+
+
+def _new_backend() -> _RustTokenizer:
+    backend = _RustTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizer()
     backend.decoder = decoders.ByteLevel()
     return backend
 

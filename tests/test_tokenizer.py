@@ -187,16 +187,25 @@ def test_vocab_too_small(tmp_path):
 
 def _with_split(tok, regex):
     """The same merges and vocabulary behind another pre-tokenizer split."""
-    from tokenizers import Regex
     from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import pre_tokenizers
+
+    from minimind.tokenizer import pre_tokenizer
 
     backend = RustTokenizer.from_str(tok.backend.to_str())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizer(regex)
     return backend
+
+
+@pytest.fixture(scope="module")
+def qwen2_tok_dir(corpus, tmp_path_factory):
+    """A tokenizer trained on the test corpus with Qwen2's own split (as tokenizers were before)."""
+    import minimind.tokenizer as T
+
+    out = tmp_path_factory.mktemp("qwen2_tok")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "PRETOKENIZE_REGEX", T.QWEN2_REGEX)
+        train_tokenizer([corpus / "pretrain.jsonl", corpus / "sft.jsonl"], out, vocab_size=800, progress=False)
+    return out
 
 
 def _han_tokens(tok):
@@ -207,13 +216,11 @@ def _han_tokens(tok):
     return [p for p in pieces if re.search("[\u4e00-\u9fff]", p)]
 
 
-def test_a_chinese_character_is_one_token_wherever_it_stands(tokenizer_dir, corpus, tmp_path, monkeypatch):
+def test_a_chinese_character_is_one_token_wherever_it_stands(tokenizer_dir, qwen2_tok_dir):
     """No token joins a Han character to anything, so 日 is the same token at a message start,
     after "。", after "：" and inside a sentence. Under Qwen2's own split, BPE on the same corpus
     learns punctuation + character and character + character tokens ("。X", "X的"): a subject is
     then a different token after each mark."""
-    import minimind.tokenizer as T
-
     tok = Tokenizer.load(tokenizer_dir)
     han = _han_tokens(tok)
     assert len(han) > 50 and all(len(p) == 1 for p in han), [p for p in han if len(p) > 1][:10]
@@ -223,10 +230,7 @@ def test_a_chinese_character_is_one_token_wherever_it_stands(tokenizer_dir, corp
     # an English word takes its leading space and no punctuation mark
     assert tok.encode("(Paris")[1:] == tok.encode("Paris") and tok.decode(tok.encode("(Paris")[:1]) == "("
 
-    monkeypatch.setattr(T, "PRETOKENIZE_REGEX", T.QWEN2_REGEX)
-    qwen2 = train_tokenizer([corpus / "pretrain.jsonl", corpus / "sft.jsonl"], tmp_path / "q", vocab_size=800,
-                            progress=False)
-    joined = [p for p in _han_tokens(qwen2) if len(p) > 1]
+    joined = [p for p in _han_tokens(Tokenizer.load(qwen2_tok_dir)) if len(p) > 1]
     assert any(not "\u4e00" <= p[0] <= "\u9fff" for p in joined), joined  # "。X"-style tokens
 
 
@@ -247,8 +251,9 @@ def test_llama_cpp_qwen2_split_gives_the_same_ids(tokenizer_dir, corpus):
         assert qwen2.encode(text, add_special_tokens=False).ids == tok.encode(text), text
 
 
-def test_tokenizers_saved_with_qwen2_split_keep_it(tok_dir, tmp_path):
-    """A tokenizer trained before the split changed loads with the split it was trained with."""
+def test_tokenizers_saved_with_qwen2_split_keep_it(tok_dir, qwen2_tok_dir, tmp_path):
+    """A tokenizer trained before the split changed loads with the split it was trained with: its
+    punctuation + character tokens ("。X") still come out whole."""
     from minimind.tokenizer import QWEN2_REGEX
 
     old = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -261,3 +266,9 @@ def test_tokenizers_saved_with_qwen2_split_keep_it(tok_dir, tmp_path):
     qwen2 = _with_split(Tokenizer.load(tok_dir), QWEN2_REGEX)
     for text in SAMPLES:
         assert loaded.encode(text) == qwen2.encode(text, add_special_tokens=False).ids
+    before = Tokenizer.load(qwen2_tok_dir)
+    joined = [p for p in _han_tokens(before) if len(p) > 1 and not "\u4e00" <= p[0] <= "\u9fff" and "\ufffd" not in p]
+    assert joined
+    for p in joined:
+        assert len(before.encode(p)) == 1, p  # under today's split "。" would be a piece of its own
+        assert len(_with_split(before, None).encode(p, add_special_tokens=False).ids) > 1, p
