@@ -473,13 +473,19 @@ def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
     # replies to a user's question (a tool's result is answered directly, as before)
     replies = [m for r in demo_mix["recs"]["sft"] for u, m in zip(r["conversations"], r["conversations"][1:])
                if u["role"] == "user" and m["role"] == "assistant" and not m.get("reasoning_content")]
-    worked = [m["content"] for m in replies if m["content"].startswith(("Ones:", "个位"))]
+    worked = [(u["content"], m["content"]) for r in demo_mix["recs"]["sft"]
+              for u, m in zip(r["conversations"], r["conversations"][1:])
+              if u["role"] == "user" and m["content"].startswith(("Ones:", "个位")) and not m.get("reasoning_content")]
     direct = [m["content"] for m in replies if re.fullmatch(r"\d+ \+ \d+ = \d+[.。]", m["content"])]
     assert len(worked) > 50 and not direct  # every sum reply without <think> works the columns out
-    for text in worked:
-        ones, tens = re.findall(r"(\d) \+ (\d)(?: \+ 1)? = (\d+)", text)[:2]
-        a, b, c = map(int, EQUATION.findall(text)[-1])
-        assert (int(ones[0]), int(ones[1])) == (a % 10, b % 10) and a + b == c, text
+    for question, text in worked:
+        a, b = map(int, re.findall(r"\d+", question)[-2:])
+        ones = re.findall(r"(\d) \+ (\d)(?: \+ 1)? = (\d+)", text)[0]
+        # the sum is read off the digits written (the last column writes its whole sum), not worked
+        # out again from the operands
+        written = "".join(reversed(re.findall(r"(?:write |写)(\d+)", text)))
+        c = int(re.search(r"(?:the sum is |和是)(\d+)[.。]$", text).group(1))
+        assert (int(ones[0]), int(ones[1])) == (a % 10, b % 10) and a + b == c == int(written), text
     # fewer subjects (TABLE_SIZES), so fewer held-out facts than the default corpus
     assert 30 < len(m["heldout"]["facts"]) < len(synth["manifest"]["heldout"]["facts"])
 

@@ -717,23 +717,28 @@ COLUMNS = (["ones", "tens", "hundreds", "thousands"], ["个位", "十位", "百�
 
 
 def column_steps(a: int, b: int, lang: str) -> str:
-    """Column addition with carries, e.g. '23 + 48: ones: 3 + 8 = 11, write 1, carry 1. ...'."""
+    """Column addition with carries: 'Ones: 8 + 7 = 15, write 5, carry 1. Tens: 6 + 4 + 1 = 11,
+    write 11. So the sum is 115.' The last column writes its whole sum, and the answer is read off
+    the digits just written, not worked out again from the operands: restating "68 + 47 = 115" at
+    the end made the model copy the operands a second time, and a mis-copy there changed a sum its
+    columns had right; a carry left for a sentence of its own put the ones digit too far back to
+    be read (bench/RESULTS.md, "2026-12-02: the sum read off the columns")."""
     da, db = str(a)[::-1], str(b)[::-1]
-    steps, carry = [], 0
-    for i in range(max(len(da), len(db))):
+    steps, carry, n = [], 0, max(len(da), len(db))
+    for i in range(n):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         s = x + y + carry
         expr = f"{x} + {y}" + (" + 1" if carry else "") + f" = {s}"
         col = COLUMNS[0 if lang == "en" else 1][i]
+        last = i == n - 1
         if lang == "en":
-            steps.append(f"{_cap(col)}: {expr}, write {s % 10}" + (", carry 1." if s >= 10 else "."))
+            steps.append(f"{_cap(col)}: {expr}, write {s if last else s % 10}"
+                         + (", carry 1." if s >= 10 and not last else "."))
         else:
-            steps.append(f"{col}：{expr}，写{s % 10}" + ("，进1。" if s >= 10 else "。"))
+            steps.append(f"{col}：{expr}，写{s if last else s % 10}" + ("，进1。" if s >= 10 and not last else "。"))
         carry = s // 10
-    if carry:
-        steps.append("The last carry 1 is the leading digit." if lang == "en" else "最后的进位1写在最前面。")
-    end = f"So {a} + {b} = {a + b}." if lang == "en" else f"所以{a} + {b} = {a + b}。"
+    end = f"So the sum is {a + b}." if lang == "en" else f"所以和是{a + b}。"
     return _join(steps + [end], lang)
 
 
