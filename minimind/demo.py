@@ -37,8 +37,8 @@ MINUTES = 10.0  # default end-to-end budget
 # The training stages share the time left after the corpus and the tokenizer (measured as they run)
 # and the reserve for what follows training, in these proportions. Data preparation is part of
 # each training command and counted in its --time-budget. SFT gets 45%: the copy of a sum's operands
-# into its columns forms in SFT, and in 28% of the time it did not form for every seed (bench/RESULTS.md,
-# "2026-12-02: the sum read off the columns").
+# into its columns forms during SFT, and with 28% of the time it did not form in every seed
+# (bench/RESULTS.md, "2026-12-02: the sum read off the columns").
 SHARES = {"pretrain": 0.55, "sft": 0.45}
 # held-out evaluation and sample chats, which run after training: ~25 s measured on the slow class
 # (fp32 token budget) and under 10 s in bf16 here, plus start-up; reserved before training starts
@@ -73,7 +73,7 @@ README_RESULTS = {  # the default 10-minute demo, per machine class (the README'
     "bf16": {"label": "2-core bf16 CPU", "fact": 0.83, "add": 0.99, "identity": 0.87, "tool": 0.03},
 }
 README_RESULTS_LONG = {  # `demo --long` (30 minutes)
-    "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.64, "add": 1.0, "identity": 0.87, "tool": 0.03},
+    "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.81, "add": 1.0, "identity": 0.97, "tool": 0.03},
 }
 
 SAMPLE_PROMPTS = [
