@@ -471,12 +471,11 @@ def test_demo_mix_applies_its_knobs_and_restores_them(demo_mix, synth):
     assert 0.25 < n_framed / (n_framed + n_plain) < 0.55, (n_framed, n_plain)
     assert asked(synth["recs"], framed) == 0 and asked(synth["recs"], plain) > 0
     # replies to a user's question (a tool's result is answered directly, as before)
-    replies = [m for r in demo_mix["recs"]["sft"] for u, m in zip(r["conversations"], r["conversations"][1:])
+    replies = [(u["content"], m["content"]) for r in demo_mix["recs"]["sft"]
+               for u, m in zip(r["conversations"], r["conversations"][1:])
                if u["role"] == "user" and m["role"] == "assistant" and not m.get("reasoning_content")]
-    worked = [(u["content"], m["content"]) for r in demo_mix["recs"]["sft"]
-              for u, m in zip(r["conversations"], r["conversations"][1:])
-              if u["role"] == "user" and m["content"].startswith(("Ones:", "个位")) and not m.get("reasoning_content")]
-    direct = [m["content"] for m in replies if re.fullmatch(r"\d+ \+ \d+ = \d+[.。]", m["content"])]
+    worked = [(q, text) for q, text in replies if text.startswith(("Ones:", "个位"))]
+    direct = [text for _, text in replies if re.fullmatch(r"\d+ \+ \d+ = \d+[.。]", text)]
     assert len(worked) > 50 and not direct  # every sum reply without <think> works the columns out
     for question, text in worked:
         a, b = map(int, re.findall(r"\d+", question)[-2:])
