@@ -525,6 +525,13 @@ IDENTITY_EN = [
     "What do you call yourself?", "Are you a person?", "Tell me your name.", "Who is this?",
     "What are you called?", "Say something about yourself.", "Are you a robot?",
     "Introduce yourself, please.", "Who am I chatting with?",
+    "Who created you?", "Who built you?", "Who trained you?", "What is your identity?", "Are you a chatbot?",
+    "Are you a machine?", "Are you a computer program?", "Are you real?", "Is this a bot?",
+    "What exactly are you?", "Could you introduce yourself?", "Tell me a little about yourself.",
+    "How should I address you?", "What do people call you?", "Which model is this?", "What AI is this?",
+    "Do you know who you are?", "Describe yourself.", "Who is answering me?", "Who am I speaking with?",
+    "What is this assistant called?", "Are you a language model?", "Which AI are you?",
+    "What should I know about you?", "Is there a name I can call you?", "Who exactly are you?",
 ]
 IDENTITY_ZH = [
     "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是什么？", "你是人类吗？", "谁开发了你？",
@@ -533,6 +540,10 @@ IDENTITY_ZH = [
     "你的名字是什么？", "请问你叫什么？", "可以告诉我你是谁吗？", "你是哪个模型？", "你是人工智能吗？",
     "自我介绍一下。", "你是什么助手？", "请做个自我介绍。", "我在和谁说话？", "你是真人吗？",
     "你是一个程序吗？", "请问怎样称呼你？", "说说你自己吧。", "跟我说说你是谁。", "你是谁开发的？", "能告诉我你的名字吗？",
+    "是谁创造了你？", "谁训练了你？", "你是聊天机器人吗？", "你是机器吗？", "你是电脑程序吗？", "你到底是什么？",
+    "简单介绍一下你自己。", "我应该怎么叫你？", "大家怎么称呼你？", "这是什么模型？", "这是哪个AI？",
+    "你知道你是谁吗？", "描述一下你自己。", "是谁在回答我？", "我在跟谁聊天？", "你是语言模型吗？",
+    "你是哪个人工智能？", "这个助手叫什么？", "你的身份是什么？", "可以介绍一下你自己吗？", "你到底是谁？",
 ]
 MINIMIND_EN = [
     "I am MiniMind, a small language model assistant. How can I help you?",
@@ -1485,8 +1496,8 @@ def _pretrain_docs(g: Gen, n: int) -> tuple[list[tuple[str, str]], list[str]]:
 # (bench/RESULTS.md, "A demo that learns in 10 minutes"): fewer subjects per table, each stated
 # more often and in the answer's own words, chat-format documents in pretraining (a fifth of them
 # opening with "who are you?"), sums worked column by column in the replies, "describe X"
-# conversations that keep the pretraining paragraphs in SFT, and "who are you?" twice as often in
-# SFT, two in five times inside a greeting or a thanks.
+# conversations that keep the pretraining paragraphs in SFT, and "who are you?" nearly three times as
+# often in SFT (in 109 phrasings, a quarter held out), two in five times inside a greeting or a thanks.
 MIXES: dict[str, dict] = {
     "default": {},
     "demo": {
@@ -1495,7 +1506,7 @@ MIXES: dict[str, dict] = {
         "ADD_SCRATCHPAD_SHARE": 1.0, "CHAT_IDENTITY_SHARE": 0.2, "IDENTITY_FRAME_SHARE": 0.4,
         "Pretrain.KINDS": [("entity", 30), ("group", 12), ("glossary", 4), ("faq", 4), ("chat", 16),
                            ("drill", 20), ("column", 6), ("word_problem", 4), ("story", 6)],
-        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 14), ("greeting", 3), ("tool", 10),
+        "SFT_KINDS": [("fact", 36), ("add", 26), ("identity", 20), ("greeting", 3), ("tool", 10),
                       ("story", 4), ("multi_turn", 12), ("about", 9)],
     },
 }
