@@ -1,6 +1,7 @@
 """GGUF export: metadata and tensors read back with gguf.GGUFReader; llama.cpp agrees when installed."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -229,6 +230,7 @@ def trained(tok, corpus, tmp_path_factory):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # matmuls this small run faster on one thread than on two busy ones
+    losses = []
     try:
         for _ in range(160):
             starts = torch.randint(0, len(data) - 65, (16,))
@@ -237,9 +239,12 @@ def trained(tok, corpus, tmp_path_factory):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(loss.item())
     finally:
         torch.set_num_threads(threads)
-    assert loss.item() < 4.0  # it learned something: greedy choices are clear, not near-ties
+    # it learned something, so greedy choices are clear, not near-ties: the last 20 batches' mean loss
+    # (one batch alone varies by +-0.3) well under the uniform guess's ln(V) (6.7; ~3.9 measured)
+    assert sum(losses[-20:]) / 20 < 0.7 * math.log(tok.vocab_size)
     model.eval()
     out = tmp_path_factory.mktemp("trained")
     save_checkpoint(out / "ckpt", model, tok)
