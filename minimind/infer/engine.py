@@ -23,7 +23,9 @@ step, so a short request never waits for a long one and concurrent requests shar
 pass. One step:
 
     1. admit waiting requests (first come, first served) while a row and KV blocks for
-       prompt + max_new_tokens are free; prefill each prompt alone, exactly as it would run alone
+       prompt + max_new_tokens are free; prefill each prompt alone, exactly as it would run alone;
+       requests queued one after another with the same prompt (an RL group: G samples of one
+       prompt) share one prefill, its keys and values copied into each row's blocks
     2. one decode forward for all running rows: each row feeds its last token at its own position
        and reads its own KV blocks (kvcache.py), through the decode step of decode.py
     3. sample every row with its own parameters and random stream (sampling.py), record the token
@@ -214,7 +216,7 @@ class Engine:
         self.inbox: queue.Queue[Request] = queue.Queue()
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.counters = dict(steps=0, prefills=0, tokens=0, finished=0, cancelled=0, failed=0)
+        self.counters = dict(steps=0, prefills=0, shared_prefills=0, tokens=0, finished=0, cancelled=0, failed=0)
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -386,7 +388,9 @@ class Engine:
 
     def _admit(self) -> None:
         """Prefill waiting requests in arrival order while a row and their KV blocks are free,
-        up to a prompt-token budget per step (at least one), so running rows are not stalled."""
+        up to a prompt-token budget per step (at least one), so running rows are not stalled.
+        Requests right behind one with the same prompt (a GRPO group, G samples of one prompt) are
+        admitted with it and share its prefill."""
         budget = self.prefill_tokens
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
             req = self.waiting[0]
@@ -394,26 +398,44 @@ class Engine:
                 self._finish(req, "length")
                 self._retire()
                 continue
-            blocks = self.cache.allocate(self.cache.blocks_for(len(req.prompt) + req.params.max_new_tokens))
-            if blocks is None:  # the KV budget is in use: wait for running rows to finish
+            if not self._take_row(req):  # the KV budget is in use: wait for running rows to finish
                 break
-            self.waiting.popleft()
-            req.blocks = blocks
             budget -= len(req.prompt)
-            self.running.append(req)
-            self._prefill(req)
+            group = [req]
+            while (self.waiting and len(self.running) < self.max_batch and self.waiting[0].prompt == req.prompt
+                   and self.waiting[0].params.max_new_tokens > 0 and self._take_row(self.waiting[0])):
+                group.append(self.running[-1])
+            self._prefill(group)
 
-    def _prefill(self, req: Request) -> None:
+    def _take_row(self, req: Request) -> bool:
+        """Move the first waiting request to the running rows with its KV blocks, if they are free."""
+        blocks = self.cache.allocate(self.cache.blocks_for(len(req.prompt) + req.params.max_new_tokens))
+        if blocks is None:
+            return False
+        self.waiting.popleft()
+        req.blocks = blocks
+        self.running.append(req)
+        return True
+
+    def _prefill(self, group: list[Request]) -> None:
+        """Prefill the group's shared prompt once, alone (batch invariance), and copy its keys and
+        values into the other rows' blocks: bitwise what their own prefill would have written. Every
+        row then samples its first token from the same logits with its own parameters and stream."""
+        req = group[0]
         T = len(req.prompt)
         try:
             ids = torch.tensor([req.prompt], device=self.device)  # (1, T)
             view = self.cache.prefill_view(req.blocks, T)
             logits = self.model(ids, cache=view, logits_to_keep=1).logits[:, -1]  # (1, V)
+            for other in group[1:]:
+                self.cache.copy_prefix(req.blocks, other.blocks, T)
         except Exception as e:
-            return self._fail_rows([req], "prefill", e)
-        req.length = T
+            return self._fail_rows(group, "prefill", e)
+        for r in group:
+            r.length = T
         self.counters["prefills"] += 1
-        self._sample([req], logits)
+        self.counters["shared_prefills"] += len(group) - 1
+        self._sample(group, logits.expand(len(group), -1).clone())
 
     def _decode(self) -> None:
         rows = list(self.running)

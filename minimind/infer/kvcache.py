@@ -87,6 +87,13 @@ class PagedKVCache:
     def release(self, blocks: list[int]) -> None:
         self._free.extend(reversed(blocks))
 
+    def copy_prefix(self, src: list[int], dst: list[int], length: int) -> None:
+        """Copy positions [0, length) of the sequence owning `src` into the one owning `dst` (two
+        requests with the same prompt share one prefill)."""
+        s, d = self.slots(src, 0, length), self.slots(dst, 0, length)
+        for t in self.k + self.v:
+            t.index_copy_(0, d, t.index_select(0, s))
+
     # ------------------------------------------------------------------ per-call views
     def slots(self, blocks: list[int], start: int, end: int) -> torch.Tensor:
         """Flat pool slots of positions [start, end) of a sequence owning `blocks`."""
