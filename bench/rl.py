@@ -2,9 +2,12 @@
 
     python bench/rl.py [--init SFT_CKPT] [--group 8] [--max-new-tokens 64] [--rollouts 3]
 
-1. Rollout throughput: the sampler the RL commands use (train/rl/train.py engine_sampler) on one
-   prompt from the built-in rlaif.jsonl, batch 1 vs a group of G copies (one per-sample seed each, as a
-   rollout does); generated tokens per second, and the ratio.
+1. Rollout throughput: the sampler the RL commands use (train/rl/train.py engine_sampler) on the first
+   prompt of the built-in rlaif.jsonl (short) and of agent_rl.jsonl (a system message with tool
+   schemas: long), batch 1 vs a group of G copies (one per-sample seed each, as a rollout does), the
+   group with its prefill shared (the engine's way) and with one prefill per row; generated tokens
+   per second, and the ratio. Then a whole rollout of agentic prompts (8 prompts x G): the sampler as
+   it is (64 rows at once, shared prefills) against rows of 16 with one prefill per row.
 2. Step time share: `train_rl` (what `minimind grpo` runs) for a few rollouts, with the sampler timed:
    the share of wall time (from the first rollout to the end: loading is left out) spent generating
    vs everything else (old/ref log-probs, advantages, the optimizer steps, the final checkpoint).
@@ -47,33 +50,93 @@ def fresh_model() -> Path:
     return out
 
 
-def throughput(init: Path, prompts: Path, group: int, max_new: int, repeats: int = 2) -> list[dict]:
-    """Generated tokens/s of the RL sampler at batch 1 and at a group of `group` (best of `repeats`)."""
+def throughput(init: Path, prompt_files: dict[str, Path], group: int, max_new: int, repeats: int = 2) -> list[dict]:
+    """Generated tokens/s of the RL sampler at batch 1 and at a group of `group` (best of `repeats`), for
+    the first prompt of each file; the group twice: sharing one prefill (the engine's way: a row whose
+    prompt a running row has copies its keys and values) and with every row prefilled alone, in the
+    same run."""
     import torch
 
     from minimind.checkpoint import load_checkpoint
+    from minimind.infer.engine import Engine
     from minimind.tokenizer import render_chat
     from minimind.train.rl.rollout import load_rl_records
     from minimind.train.rl.train import engine_sampler
 
     model, tok = load_checkpoint(init)
     model.eval()
-    rec = load_rl_records(prompts)[0]
-    ids = render_chat(tok, rec["conversations"], add_generation_prompt=True)[0]
-    sample = engine_sampler(model, tok)
+    shared_prefill = Engine._prefill
+
+    def own_prefill(engine, req, donor=None):  # never copy from a running row
+        shared_prefill(engine, req)
+
     rows = []
-    for n in (1, group):
+    for name, path in prompt_files.items():
+        rec = load_rl_records(path)[0]
+        ids = render_chat(tok, rec["conversations"], add_generation_prompt=True)[0]
+        for n, prefill in ((1, "-"), (group, "shared"), (group, "one per row")):
+            Engine._prefill = own_prefill if prefill == "one per row" else shared_prefill
+            try:
+                sample = engine_sampler(model, tok)
+                best = None
+                for r in range(repeats):
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        outs = sample([ids] * n, 1.0, max_new, [1000 * r + i for i in range(n)], ())
+                    dt = time.perf_counter() - t0
+                    toks = sum(len(t) for t, _ in outs)
+                    if best is None or toks / dt > best["tok/s"]:
+                        best = {"prompt": name, "prompt tokens": len(ids), "batch": n, "prefill": prefill,
+                                "tokens": toks, "seconds": dt, "tok/s": toks / dt}
+            finally:
+                Engine._prefill = shared_prefill
+            if n == 1:
+                base = best["tok/s"]
+            best["vs batch 1"] = best["tok/s"] / base
+            rows.append(best)
+    return rows
+
+
+def rollout_throughput(init: Path, path: Path, group: int, max_new: int, n_prompts: int = 8) -> list[dict]:
+    """Generated tokens/s for a rollout's worth of prompts (n_prompts x group rows submitted at once):
+    the engine as engine_sampler makes it, and with rows of 16 and one prefill per row."""
+    import torch
+
+    from minimind.checkpoint import load_checkpoint
+    from minimind.infer.engine import Engine, SamplingParams
+    from minimind.tokenizer import render_chat
+    from minimind.train.rl.rollout import load_rl_records
+    from minimind.train.rl.train import engine_sampler
+
+    model, tok = load_checkpoint(init)
+    model.eval()
+    recs = load_rl_records(path)[:n_prompts]
+    prompts = [render_chat(tok, r["conversations"], add_generation_prompt=True)[0] for r in recs for _ in range(group)]
+    rows = []
+    for setup in ("engine_sampler", "rows of 16, one prefill per row"):
+        if setup == "engine_sampler":
+            sample = engine_sampler(model, tok)
+        else:
+            engine = Engine(model, tok, max_batch=16)
+            engine._prefill = lambda req, donor=None: Engine._prefill(engine, req)
+
+            def sample(ps, temperature, max_new_tokens, seeds, suppress):
+                params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                         seed=seed) for seed in seeds]
+                return [(r.tokens, r.finish_reason) for r in engine.generate(ps, params)]
         best = None
-        for r in range(repeats):
+        for r in range(2):
             t0 = time.perf_counter()
             with torch.no_grad():
-                outs = sample([ids] * n, 1.0, max_new, [1000 * r + i for i in range(n)], ())
+                outs = sample(prompts, 1.0, max_new, [1000 * r + i for i in range(len(prompts))], ())
             dt = time.perf_counter() - t0
             toks = sum(len(t) for t, _ in outs)
             if best is None or toks / dt > best["tok/s"]:
-                best = {"batch": n, "tokens": toks, "seconds": dt, "tok/s": toks / dt}
+                best = {"setup": setup, "rows": len(prompts), "prompt tokens (mean)": sum(map(len, prompts)) / len(prompts),
+                        "tokens": toks, "seconds": dt, "tok/s": toks / dt}
         rows.append(best)
-    rows[1]["vs batch 1"] = rows[1]["tok/s"] / rows[0]["tok/s"]
+    for r in rows:
+        r["vs engine_sampler"] = r["tok/s"] / rows[0]["tok/s"]
     return rows
 
 
@@ -131,16 +194,26 @@ def main():
     data, _ = corpus()
     init = args.init or fresh_model()
     prompts = args.prompts or data / "rlaif.jsonl"
-    tp = throughput(init, prompts, args.group, args.max_new_tokens)
+    files = {"rlaif": prompts}
+    if args.prompts is None:  # the agentic-RL prompts: a system message listing tool schemas (long)
+        files["agent_rl"] = data / "agent_rl.jsonl"
+    tp = throughput(init, files, args.group, args.max_new_tokens)
+    roll = rollout_throughput(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens)
     share = step_share(init, prompts, args.group, args.max_new_tokens, args.rollouts)
     info = machine_info()
-    path = write_json("rl", {"machine": info, "init": str(init), "throughput": tp, "step_share": share})
+    path = write_json("rl", {"machine": info, "init": str(init), "throughput": tp, "rollout": roll,
+                                  "step_share": share})
     print(json.dumps(info))
-    print_table(tp, ["batch", "tokens", "seconds", "tok/s", "vs batch 1"])
+    print_table(tp, ["prompt", "prompt tokens", "batch", "prefill", "tokens", "seconds", "tok/s", "vs batch 1"])
+    print_table(roll, list(roll[0]))
     print_table([share], list(share))
-    print(f"\nwrote {path}\n\n| batch | tok/s | vs batch 1 |\n|---|---|---|")
+    print(f"\nwrote {path}\n\n| prompt (tokens) | batch | prefill | tok/s | vs batch 1 |\n|---|---|---|---|---|")
     for r in tp:
-        print(f"| {r['batch']} | {r['tok/s']:.0f} | {r.get('vs batch 1', 1.0):.2f}x |")
+        print(f"| {r['prompt']} ({r['prompt tokens']}) | {r['batch']} | {r['prefill']} | {r['tok/s']:.0f} | "
+              f"{r['vs batch 1']:.2f}x |")
+    print(f"\n| a rollout of agentic prompts ({roll[0]['rows']} rows) | tok/s | vs engine_sampler |\n|---|---|---|")
+    for r in roll:
+        print(f"| {r['setup']} | {r['tok/s']:.0f} | {r['vs engine_sampler']:.2f}x |")
     print(f"\nGRPO, {share['rollouts']} rollouts x 4 prompts x {args.group}: generation "
           f"{share['generate share']:.0%} of {share['wall s']:.0f} s, the rest {share['rest share']:.0%}")
 

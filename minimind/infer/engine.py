@@ -23,9 +23,9 @@ step, so a short request never waits for a long one and concurrent requests shar
 pass. One step:
 
     1. admit waiting requests (first come, first served) while a row and KV blocks for
-       prompt + max_new_tokens are free; prefill each prompt alone, exactly as it would run alone;
-       requests queued one after another with the same prompt (an RL group: G samples of one
-       prompt) share one prefill, its keys and values copied into each row's blocks
+       prompt + max_new_tokens are free; prefill each prompt alone, exactly as it would run alone,
+       unless a running row has the same prompt (an RL group: G samples of one prompt): then its
+       keys and values are copied into the new row's blocks and its last logits reused
     2. one decode forward for all running rows: each row feeds its last token at its own position
        and reads its own KV blocks (kvcache.py), through the decode step of decode.py
     3. sample every row with its own parameters and random stream (sampling.py), record the token
@@ -148,6 +148,7 @@ class Request:
     seen: torch.Tensor | None = None  # (V,) bool: tokens in the sequence, for the repetition penalty
     blocks: list[int] = field(default_factory=list)
     length: int = 0  # positions stored in the KV cache
+    prompt_logits: torch.Tensor | None = None  # (1, V) after the prompt: a later request with this prompt reuses it
     next_token: int = -1  # sampled, not yet fed to the model
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -389,8 +390,8 @@ class Engine:
     def _admit(self) -> None:
         """Prefill waiting requests in arrival order while a row and their KV blocks are free,
         up to a prompt-token budget per step (at least one), so running rows are not stalled.
-        Requests right behind one with the same prompt (a GRPO group, G samples of one prompt) are
-        admitted with it and share its prefill."""
+        A request whose prompt a running row already has (an RL group: G samples of one prompt)
+        costs no prefill: that row's keys and values are copied."""
         budget = self.prefill_tokens
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
             req = self.waiting[0]
@@ -398,44 +399,37 @@ class Engine:
                 self._finish(req, "length")
                 self._retire()
                 continue
-            if not self._take_row(req):  # the KV budget is in use: wait for running rows to finish
+            blocks = self.cache.allocate(self.cache.blocks_for(len(req.prompt) + req.params.max_new_tokens))
+            if blocks is None:  # the KV budget is in use: wait for running rows to finish
                 break
-            budget -= len(req.prompt)
-            group = [req]
-            while (self.waiting and len(self.running) < self.max_batch and self.waiting[0].prompt == req.prompt
-                   and self.waiting[0].params.max_new_tokens > 0 and self._take_row(self.waiting[0])):
-                group.append(self.running[-1])
-            self._prefill(group)
+            self.waiting.popleft()
+            req.blocks = blocks
+            donor = next((r for r in self.running if r.prompt_logits is not None and r.prompt == req.prompt), None)
+            if donor is None:
+                budget -= len(req.prompt)
+            self.running.append(req)
+            self._prefill(req, donor)
 
-    def _take_row(self, req: Request) -> bool:
-        """Move the first waiting request to the running rows with its KV blocks, if they are free."""
-        blocks = self.cache.allocate(self.cache.blocks_for(len(req.prompt) + req.params.max_new_tokens))
-        if blocks is None:
-            return False
-        self.waiting.popleft()
-        req.blocks = blocks
-        self.running.append(req)
-        return True
-
-    def _prefill(self, group: list[Request]) -> None:
-        """Prefill the group's shared prompt once, alone (batch invariance), and copy its keys and
-        values into the other rows' blocks: bitwise what their own prefill would have written. Every
-        row then samples its first token from the same logits with its own parameters and stream."""
-        req = group[0]
+    def _prefill(self, req: Request, donor: Request | None = None) -> None:
+        """Run the prompt alone (batch invariance) and sample the first token. With a running
+        `donor` that has the same prompt, copy its prompt's keys and values and reuse its last
+        logits instead: bit for bit what the prefill would compute (positions < len(prompt) of a
+        running row are never written again)."""
         T = len(req.prompt)
         try:
-            ids = torch.tensor([req.prompt], device=self.device)  # (1, T)
-            view = self.cache.prefill_view(req.blocks, T)
-            logits = self.model(ids, cache=view, logits_to_keep=1).logits[:, -1]  # (1, V)
-            for other in group[1:]:
-                self.cache.copy_prefix(req.blocks, other.blocks, T)
+            if donor is None:
+                ids = torch.tensor([req.prompt], device=self.device)  # (1, T)
+                view = self.cache.prefill_view(req.blocks, T)
+                logits = self.model(ids, cache=view, logits_to_keep=1).logits[:, -1]  # (1, V)
+                self.counters["prefills"] += 1
+            else:
+                self.cache.copy_prefix(donor.blocks, req.blocks, T)
+                logits = donor.prompt_logits
+                self.counters["shared_prefills"] += 1
         except Exception as e:
-            return self._fail_rows(group, "prefill", e)
-        for r in group:
-            r.length = T
-        self.counters["prefills"] += 1
-        self.counters["shared_prefills"] += len(group) - 1
-        self._sample(group, logits.expand(len(group), -1).clone())
+            return self._fail_rows([req], "prefill", e)
+        req.length, req.prompt_logits = T, logits
+        self._sample([req], logits)
 
     def _decode(self) -> None:
         rows = list(self.running)
