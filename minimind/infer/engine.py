@@ -38,7 +38,8 @@ computing (a prefill: that one request). The engine itself keeps serving.
 
 Batch invariance: a request's greedy output does not depend on what else is running. The math
 guarantees it, and the kernels are kept from breaking it: prompts are prefilled one at a time (a
-padded batch would take other kernels), a decode row attends over whole blocks of 64 key columns
+padded batch would take other kernels) or copied from a running row's prefill of the same prompt
+(the same numbers), a decode row attends over whole blocks of 64 key columns
 with the rest masked, so its keys sit in the same kernel blocks whatever the longest row, and the
 compiled step runs a lone row through its batch-1 graph only where that graph was checked to compute
 bitwise what the batched one does, else as a batch of two (decode.py).
