@@ -272,7 +272,7 @@ def test_chunk_builder_streams_reasoning_content_and_tool_calls():
     ({"messages": HI, "temperature": "hot"}, "temperature"),
     ({"messages": HI, "top_p": "most"}, "top_p"),
     ({"messages": HI, "top_p": 0}, "top_p"),
-    ({"messages": HI, "n": 2}, "n"),
+    ({"messages": HI, "n": 0}, "n"),
     ({"messages": HI, "tool_choice": "required", "tools": TOOLS}, "tool_choice"),
     ({"messages": HI, "stop": 5}, "stop"),
     ({"messages": HI, "max_tokens": 9000}, "max_tokens"),
@@ -645,3 +645,151 @@ def test_warning_when_serving_beyond_loopback_without_a_key(tiny_ckpt, capsys):
                               ("127.0.0.1", [], False), ("::1", [], False)):
         build_server(parser.parse_args(["serve", str(tiny_ckpt), "--host", host, "--compile", "off", *key]))
         assert ("warning" in capsys.readouterr().err) == warned, host
+
+
+# ----------------------------------------------------------------------------- n choices per request
+
+def test_n_choices_equal_separate_requests_with_seed_plus_index(live):
+    url = live[0] + "/v1/chat/completions"
+    body = {"messages": HI, "max_tokens": 12, "temperature": 1.0, "seed": 5, "logprobs": True, "top_logprobs": 2}
+    status, out = http(url, {**body, "n": 3})
+    assert status == 200, out
+    singles = [http(url, {**body, "seed": 5 + i})[1] for i in range(3)]
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    for choice, single in zip(out["choices"], singles):
+        (alone,) = single["choices"]
+        assert choice["message"] == alone["message"] and choice["finish_reason"] == alone["finish_reason"] == "length"
+        ours, theirs = choice["logprobs"]["content"], alone["logprobs"]["content"]
+        assert [e["token"] for e in ours] == [e["token"] for e in theirs]
+        assert [e["logprob"] for e in ours] == pytest.approx([e["logprob"] for e in theirs], abs=1e-4)
+    assert len({c["message"]["content"] for c in out["choices"]}) == 3  # seed + i: the choices differ
+    assert out["usage"]["prompt_tokens"] == singles[0]["usage"]["prompt_tokens"]  # the prompt counts once
+    assert out["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"] for s in singles) == 36
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + 36
+    again = http(url, {**body, "n": 3})[1]  # reproducible
+    assert [c["message"] for c in again["choices"]] == [c["message"] for c in out["choices"]]
+
+
+def test_n_streams_every_choice_with_its_index(live):
+    url = live[0] + "/v1/chat/completions"
+    body = {"messages": HI, "max_tokens": 10, "temperature": 1.0, "seed": 11, "n": 2}
+    whole = http(url, body)[1]
+    status, text = http(url, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events.count("data: [DONE]") == 1 and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and len({c["created"] for c in chunks}) == 1
+    content, roles, finish = {0: "", 1: ""}, {0: 0, 1: 0}, {0: [], 1: []}
+    for chunk in chunks[:-1]:
+        (choice,) = chunk["choices"]
+        content[choice["index"]] += choice["delta"].get("content") or ""
+        roles[choice["index"]] += choice["delta"].get("role") == "assistant"
+        if choice["finish_reason"]:
+            finish[choice["index"]].append(choice["finish_reason"])
+    assert content == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    assert content[0] != content[1] and roles == {0: 1, 1: 1} and finish == {0: ["length"], 1: ["length"]}
+    for i in (0, 1):  # nothing of a choice after its finish_reason
+        last = max(k for k, c in enumerate(chunks[:-1]) if c["choices"][0]["index"] == i)
+        assert chunks[last]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert whole["usage"]["completion_tokens"] == 20
+
+
+@pytest.mark.parametrize("n", [0, 9, -1, 1.5, 2.0, "2", True, False, [2], {}])
+def test_bad_n_is_400(live, n):
+    for stream in (False, True):
+        status, out = http(live[0] + "/v1/chat/completions", {"messages": HI, "max_tokens": 2, "n": n, "stream": stream})
+        assert status == 400, out
+        assert out["error"]["param"] == "n" and out["error"]["type"] == "invalid_request_error"
+        assert "from 1 to 8" in out["error"]["message"]
+
+
+def test_openai_client_n(client):
+    r = chat(client, n=2, temperature=1.0, seed=3)
+    assert [c.index for c in r.choices] == [0, 1] and r.choices[0].message.content != r.choices[1].message.content
+    assert r.usage.completion_tokens == 48
+    greedy = chat(client, n=2)  # greedy: both choices are the n=1 reply
+    single = chat(client).choices[0].message.content
+    assert [c.message.content for c in greedy.choices] == [single, single]
+    streamed = {0: "", 1: ""}
+    for chunk in client.chat.completions.create(model="tiny", messages=HI, max_tokens=24, temperature=1.0, seed=3,
+                                                n=2, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == {c.index: c.message.content for c in r.choices}
+
+
+class GatedStep:
+    """A decode step that holds while `gate` is closed (so a test can look at a paused engine)."""
+
+    name = "gated"
+
+    def __init__(self, step, gate: threading.Event):
+        self.step, self.gate = step, gate
+
+    def __call__(self, *args):
+        self.gate.wait()
+        return self.step(*args)
+
+
+def test_n_disconnect_cancels_every_choice(live, client, monkeypatch):
+    url, engine = live
+    gate = threading.Event()
+    gate.set()
+    monkeypatch.setattr(engine, "step_fn", GatedStep(engine.step_fn, gate))
+    before = engine.stats()
+    try:
+        stream = client.chat.completions.create(model="tiny", messages=HI, stream=True, max_tokens=6000,
+                                                temperature=0, n=3)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        wait_for(lambda: engine.stats()["active"] == 3)
+        gate.clear()  # from the next decode step on, no choice can finish on its own
+        stream.close()
+
+        def all_cancelled():  # still held at the gate, or already dropped by the engine
+            rows = list(engine.running)
+            return (engine.stats()["cancelled"] == before["cancelled"] + 3
+                    or len(rows) == 3 and all(r.cancelled for r in rows))
+
+        wait_for(all_cancelled)
+    finally:
+        gate.set()
+    wait_for(lambda: engine.stats()["active"] == 0 and engine.stats()["cancelled"] == before["cancelled"] + 3)
+    after = engine.stats()
+    assert after["finished"] == before["finished"] and after["kv_blocks_used"] == 0
+    assert after["tokens"] - before["tokens"] < 3 * 6000
+
+
+def test_n_that_the_queue_cannot_take_is_429_and_cancels_what_it_queued(tiny_ckpt):
+    server, thread, url = start_server(tiny_ckpt, "--max-batch", "1", "--max-queue", "2")
+    engine = server.config.app.state.engine
+    gate = threading.Event()
+    engine.step_fn = GatedStep(engine.step_fn, gate)
+    url += "/v1/chat/completions"
+    try:
+        replies = []
+        first = threading.Thread(target=lambda: replies.append(http(url, {"messages": HI, "max_tokens": 3})))
+        first.start()
+        wait_for(lambda: engine.stats()["active"] == 1)  # holds the only row; the engine waits at the gate
+        before = engine.stats()
+        status, out = http(url, {"messages": HI, "max_tokens": 3, "n": 3})  # 2 fit the queue, the 3rd does not
+        assert status == 429 and out["error"]["type"] == "rate_limit_error" and out["error"]["code"] == "queue_full"
+        gate.set()
+        first.join(60)
+        assert replies[0][0] == 200
+        wait_for(lambda: engine.stats()["cancelled"] == before["cancelled"] + 2)  # the 2 it queued, never run
+        wait_for(lambda: engine.stats()["active"] == engine.stats()["waiting"] == 0)
+        assert engine.stats()["finished"] == before["finished"] + 1
+        status, out = http(url, {"messages": HI, "max_tokens": 3, "n": 2, "temperature": 0})  # fits: one after another
+        assert status == 200 and [c["index"] for c in out["choices"]] == [0, 1]
+        assert out["choices"][0]["message"] == out["choices"][1]["message"]
+        assert out["usage"]["completion_tokens"] == 6
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+

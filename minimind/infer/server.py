@@ -17,30 +17,39 @@ Architecture::
 This module is the API layer only: request validation and response shapes. Generation, its
 batching and its limits (KV memory, batch size) live in the engine.
 
-Request parameters: temperature (< 1e-5 is greedy), top_p, top_k (extension),
-repetition_penalty (extension, CTRL-style multiplicative, 0.01..100), max_tokens /
-max_completion_tokens, stop (at most 4 strings of at most 256 characters), seed (-2**63 ..
-2**64-1), logprobs / top_logprobs (0..20; the plain model's log-probabilities, OpenAI semantics),
-n=1. response_format {"type": "text"} only: JSON mode is rejected with 400 (this server cannot
-constrain the output), as is a non-empty logit_bias. frequency_penalty and presence_penalty are
-validated and ignored: OpenAI's additive penalties have no exact counterpart here; use
-repetition_penalty. Omitted temperature / top_p default to 0.7 / 0.9 (the terminal chat's
-defaults; a small model rambles at OpenAI's 1.0). usage.completion_tokens counts every
-generated token, including the end-of-turn token.
+Request parameters: temperature (< 1e-5 is greedy), top_p, top_k (extension), repetition_penalty
+(extension, CTRL-style multiplicative, 0.01..100), max_tokens / max_completion_tokens, stop (at
+most 4 strings of at most 256 characters), seed (-2**63 .. 2**64-1), logprobs / top_logprobs
+(0..20; the plain model's log-probabilities, OpenAI semantics), n (1..MAX_N = 8 choices; below).
+response_format {"type": "text"} only: JSON mode is rejected with 400 (this server cannot constrain
+the output), as is a non-empty logit_bias. frequency_penalty and presence_penalty are validated and
+ignored: OpenAI's additive penalties have no exact counterpart here; use repetition_penalty.
+Omitted temperature / top_p default to 0.7 / 0.9 (the terminal chat's defaults; a small model
+rambles at OpenAI's 1.0). usage.completion_tokens counts every generated token, including the
+end-of-turn token.
+
+n choices: each choice is its own engine request with the same prompt and parameters (the engine
+shares their prefill), choice i with seed + i (mod 2**64) when a seed is given, so the choices
+differ and the response is reproducible. max_tokens applies to each choice; usage counts the prompt
+once and every choice's tokens. Streamed chunks carry their choice's `index` (choices interleave),
+each choice ends with its own finish_reason chunk, then the usage chunk (if asked) and one [DONE].
 
 Limits (flags of `minimind serve`): request bodies over --max-body-mb are refused with 413 before
-they are read in full; a request without max_tokens gets at most --default-max-tokens; the KV
-cache is bounded by --kv-memory-mb and a request waits in a queue until its prompt + max_tokens
-fit; more than --max-queue waiting requests get 429. Every endpoint but GET /health needs the
---api-key when one is set (Bearer, X-API-Key, or HTTP Basic with the key as password: a browser
-asks for it when it opens the web page); /health then says only {"status": "ok"}. POST bodies
-must be application/json (415 otherwise), so a web page elsewhere cannot post a "simple" form
-request to a local server. Internal errors are logged and answered with a generic message and
+they are read in full; a request without max_tokens gets at most --default-max-tokens; the KV cache
+is bounded by --kv-memory-mb and a request waits in a queue until its prompt + max_tokens fit; more
+than --max-queue waiting requests get 429. A request with n choices is n engine requests to these
+limits: it gets 429 unless the queue takes all n (those already queued are cancelled), each choice
+waits for its own KV blocks, and a client that leaves cancels all n. Every endpoint but GET /health
+needs the --api-key when one is set (Bearer, X-API-Key, or HTTP Basic with the key as password: a
+browser asks for it when it opens the web page); /health then says only {"status": "ok"}. POST
+bodies must be application/json (415 otherwise), so a web page elsewhere cannot post a "simple"
+form request to a local server. Internal errors are logged and answered with a generic message and
 the request id, never with the exception's text.
 """
 
 import asyncio
 import base64
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -48,18 +57,20 @@ import logging
 import sys
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from .engine import Engine, EngineBusy, Request, Result
 from .parse import END_TOOL_CALL, TOOL_CALL, StreamParser, parse_assistant
-from .sampling import SamplingParams, think_suppression
+from .sampling import SEED_RANGE, SamplingParams, think_suppression
 
 log = logging.getLogger("minimind.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.7, 0.9
 DISCONNECT_POLL_S = 0.5  # how often a waiting handler checks whether its client is still there
+MAX_N = 8  # choices per request (OpenAI's `n`)
 
 
 @dataclass
@@ -93,6 +104,16 @@ class ChatRequest:
     include_usage: bool
     open_thinking: bool
     tools_enabled: bool  # tool_choice != "none": tool calls in the reply are lifted out
+    n: int = 1  # choices: n engine requests with the same prompt
+
+    def choice_params(self, i: int) -> SamplingParams:
+        """Choice i's parameters: seed + i when a seed is given (the generator reads it mod 2**64)."""
+        if i == 0 or self.params.seed is None:
+            return self.params
+        seed = self.params.seed + i
+        if seed > SEED_RANGE[1]:
+            seed -= 2**64
+        return dataclasses.replace(self.params, seed=seed)
 
 
 def _bad(param: str, message: str, code: str | None = None) -> ApiError:
@@ -204,9 +225,6 @@ def _sampling(body: dict) -> tuple[SamplingParams, str, bool]:
     """Sampling parameters (checked before the prompt is rendered) -> (params, the name of the
     max-tokens field, whether max_tokens was given)."""
     name, max_new = _max_tokens(body)
-    n = body.get("n", 1)
-    if n is not None and n != 1:
-        raise _bad("n", f"only n=1 is supported, got {n!r}")
     for penalty in ("frequency_penalty", "presence_penalty"):  # accepted, ignored (see module doc)
         _check_number(body, penalty, -2.0, 2.0)
     if body.get("logit_bias"):
@@ -223,6 +241,15 @@ def _sampling(body: dict) -> tuple[SamplingParams, str, bool]:
     except UserError as e:
         raise ApiError(400, str(e), param=name if e.param == "max_new_tokens" else e.param) from None
     return params, name, max_new is not None
+
+
+def _choice_count(body: dict) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise _bad("n", f"expected an integer from 1 to {MAX_N} (choices per request), got {n!r}")
+    return n
 
 
 def _fit_context(params: SamplingParams, name: str, given: bool, prompt_len: int, limit: int,
@@ -260,13 +287,14 @@ def parse_chat_request(body, tok, limit: int, limits: Limits | None = None) -> C
     if not isinstance(options, dict):
         raise _bad("stream_options", "expected an object")
     params, name, given = _sampling(body)
+    n = _choice_count(body)
     try:  # message text is encoded as text: it can never become a control token (tokenizer.py)
         ids, _ = render_chat(tok, messages, tools=tools, add_generation_prompt=True, open_thinking=think)
     except UserError as e:
         raise ApiError(400, str(e), param=e.param or "messages") from None
     _fit_context(params, name, given, len(ids), limit, limits.default_max_tokens)
     params.suppress_ids = think_suppression(tok, think)
-    return ChatRequest(ids, params, stream, _flag(options, "include_usage"), think, tools_enabled)
+    return ChatRequest(ids, params, stream, _flag(options, "include_usage"), think, tools_enabled, n)
 
 
 # ============================================================================ response building
@@ -300,26 +328,40 @@ def build_message(text: str, open_thinking: bool, tools_enabled: bool = True) ->
     return message
 
 
-def build_completion(text: str, finish_reason: str, usage: dict, model: str, open_thinking: bool = False,
-                     tools_enabled: bool = True, logprobs: list[dict] | None = None, id: str | None = None) -> dict:
-    """A whole `chat.completion` object; finish_reason becomes "tool_calls" when the model called tools."""
+def build_choice(index: int, text: str, finish_reason: str, open_thinking: bool = False, tools_enabled: bool = True,
+                 logprobs: list[dict] | None = None) -> dict:
+    """One choice of a `chat.completion`; finish_reason becomes "tool_calls" when the model called tools."""
     message = build_message(text, open_thinking, tools_enabled)
     if message.get("tool_calls"):
         finish_reason = "tool_calls"
-    choice = {"index": 0, "message": message, "finish_reason": finish_reason,
-              "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}
+    return {"index": index, "message": message, "finish_reason": finish_reason,
+            "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}
+
+
+def completion_object(choices: list[dict], usage: dict, model: str, id: str | None = None) -> dict:
+    """A whole `chat.completion` object around its choices."""
     return {"id": id or _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": usage}
+            "model": model, "choices": choices, "usage": usage}
+
+
+def build_completion(text: str, finish_reason: str, usage: dict, model: str, open_thinking: bool = False,
+                     tools_enabled: bool = True, logprobs: list[dict] | None = None, id: str | None = None) -> dict:
+    """A whole `chat.completion` object with one choice."""
+    choice = build_choice(0, text, finish_reason, open_thinking, tools_enabled, logprobs)
+    return completion_object([choice], usage, model, id)
 
 
 class ChunkBuilder:
     """Text deltas -> `chat.completion.chunk` objects (role first, then reasoning / content / tool calls).
 
-    Log-prob entries wait in `logprobs` until the next chunk with a delta carries them."""
+    Log-prob entries wait in `logprobs` until the next chunk with a delta carries them. One builder
+    per choice: `index` is the choice's, and the choices of one response share `id` and `created`."""
 
     def __init__(self, model: str, open_thinking: bool, tools_enabled: bool = True, id: str | None = None,
-                 with_logprobs: bool = False):
-        self.id, self.created, self.model = id or _new_id("chatcmpl-"), int(time.time()), model
+                 with_logprobs: bool = False, index: int = 0, created: int | None = None):
+        self.id, self.model = id or _new_id("chatcmpl-"), model
+        self.created = int(time.time()) if created is None else created
+        self.index = index
         self.parser = StreamParser(open_thinking)
         self.tools_enabled = tools_enabled
         self.n_calls = 0
@@ -332,7 +374,7 @@ class ChunkBuilder:
             lp = None
             if self.with_logprobs and (self.logprobs or finish_reason):
                 lp, self.logprobs = {"content": self.logprobs, "refusal": None}, []
-            choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}]
+            choices = [{"index": self.index, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}]
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
@@ -364,8 +406,9 @@ class ChunkBuilder:
         return out
 
 
-def _usage(result: Result) -> dict:
-    p, c = result.prompt_tokens, len(result.tokens)
+def _usage(results: list[Result]) -> dict:
+    """The prompt once, the tokens of every choice."""
+    p, c = results[0].prompt_tokens, sum(len(r.tokens) for r in results)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -484,12 +527,12 @@ def create_app(engine: Engine, model_name: str = "minimind", api_key: str | None
         body = await _json_body(request, limits.max_body_bytes)
         req = await asyncio.to_thread(parse_chat_request, body, tok, engine.limit, limits)
         rid = _new_id("chatcmpl-")
-        seq = _submit(engine, req)
+        choices = _submit(engine, req)
         if req.stream:
-            return StreamingResponse(_sse(engine, seq, req, request, model_name, rid, token_text),
+            return StreamingResponse(_sse(engine, choices, req, request, model_name, rid, token_text),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await _complete(engine, seq, req, request, model_name, rid, token_text))
+        return JSONResponse(await _complete(engine, choices, req, request, model_name, rid, token_text))
 
     app.include_router(guarded)
     return app
@@ -559,32 +602,50 @@ def _parse_json(raw: bytes):
     return body
 
 
-def _submit(engine: Engine, req: ChatRequest) -> tuple[Request, asyncio.Queue]:
-    """Hand a request to the engine -> (its handle, the asyncio.Queue its events arrive on)."""
+def _submit(engine: Engine, req: ChatRequest) -> tuple[list[Request], asyncio.Queue]:
+    """Hand a request's n choices to the engine -> (their handles, the asyncio.Queue their events
+    arrive on, as (choice index, kind, value)). All or nothing: when one cannot be queued, those
+    already queued are cancelled before the error (429 when the queue is full) goes out."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
-    def emit(event):
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            pass
+    def emitter(index: int):
+        def emit(event):
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (index, *event))
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+        return emit
 
+    handles = []
     try:
-        seq = engine.submit(req.prompt_ids, req.params, on_event=emit)
+        for i in range(req.n):
+            handles.append(_submit_one(engine, req.prompt_ids, req.choice_params(i), emitter(i)))
+    except ApiError:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles, events
+
+
+def _submit_one(engine: Engine, prompt: list[int], params: SamplingParams, emit) -> Request:
+    try:
+        return engine.submit(prompt, params, on_event=emit)
     except EngineBusy as e:
         raise ApiError(429, f"the server is busy: {e}", type="rate_limit_error", code="queue_full") from None
     except UserError as e:
         raise ApiError(400, str(e), param=e.param) from None
-    return seq, events
 
 
-async def _events(seq: tuple[Request, asyncio.Queue], request):
-    """The engine's events for one request; ends when it is done or the client has gone.
+async def _events(choices: tuple[list[Request], asyncio.Queue], request):
+    """The engine's (choice index, kind, value) events for a request's choices; ends when all are
+    done or the client has gone, and cancels whatever still runs when it ends (close it early to
+    give up on the rest).
 
     Text that piled up while this handler was busy is merged into one event, so a slow
     client gets fewer, larger deltas instead of falling further behind.
     """
-    seq, queue = seq
+    handles, queue = choices
+    running = len(handles)
     loop, getter = asyncio.get_running_loop(), None
     next_check = loop.time() + DISCONNECT_POLL_S
     try:
@@ -598,22 +659,25 @@ async def _events(seq: tuple[Request, asyncio.Queue], request):
             if not done:
                 continue
             events, getter = _merge_text([getter.result()], queue), None
-            for kind, value in events:
-                yield kind, value
-            if events[-1][0] == "done":
+            for index, kind, value in events:
+                if kind == "done":  # each choice's last event
+                    running -= 1
+                yield index, kind, value
+            if not running:
                 return
     finally:
         if getter is not None:
             getter.cancel()
-        seq.cancel()  # no-op when finished; frees the row when the client left early
+        for handle in handles:
+            handle.cancel()  # no-op when finished; frees the row when the client left early
 
 
 def _merge_text(events: list, pending: asyncio.Queue) -> list:
-    """Append the events already waiting in `pending`, joining consecutive text events."""
+    """Append the events already waiting in `pending`, joining consecutive text events of one choice."""
     while not pending.empty():
-        event = pending.get_nowait()
-        if event[0] == "text" and events[-1][0] == "text":
-            events[-1] = ("text", events[-1][1] + event[1])
+        event, last = pending.get_nowait(), events[-1]
+        if event[1] == "text" and last[1] == "text" and event[0] == last[0]:
+            events[-1] = (last[0], "text", last[2] + event[2])
         else:
             events.append(event)
     return events
@@ -631,47 +695,58 @@ def _failed(result: Result, rid: str) -> ApiError:
     return _internal(rid)
 
 
-async def _complete(engine, seq, req: ChatRequest, request, model_name: str, rid: str, token_text) -> dict:
-    text, entries, result = [], [], None
-    async for kind, value in _events(seq, request):
-        if kind == "text":
-            text.append(value)
-        elif kind == "logprob":
-            entries.append(_logprob_entry(engine, token_text, value))
-        else:
-            result = value
-    if result is None:  # the client disconnected; nobody reads this
+async def _complete(engine, choices, req: ChatRequest, request, model_name: str, rid: str, token_text) -> dict:
+    texts, entries = [[] for _ in range(req.n)], [[] for _ in range(req.n)]
+    results: list[Result | None] = [None] * req.n
+    async with aclosing(_events(choices, request)) as events:
+        async for i, kind, value in events:
+            if kind == "text":
+                texts[i].append(value)
+            elif kind == "logprob":
+                entries[i].append(_logprob_entry(engine, token_text, value))
+            elif value.finish_reason == "error":  # the request fails; closing the events cancels the rest
+                raise _failed(value, rid)
+            else:
+                results[i] = value
+    if None in results:  # the client disconnected; nobody reads this
         raise ApiError(499, "client closed the request")
-    if result.finish_reason == "error":
-        raise _failed(result, rid)
-    logprobs = [e for e in entries if e is not None] if req.params.logprobs else None
-    return build_completion("".join(text), result.finish_reason, _usage(result), model_name, req.open_thinking,
-                            req.tools_enabled, logprobs, rid)
+    built = [build_choice(i, "".join(texts[i]), results[i].finish_reason, req.open_thinking, req.tools_enabled,
+                          [e for e in entries[i] if e is not None] if req.params.logprobs else None)
+             for i in range(req.n)]
+    return completion_object(built, _usage(results), model_name, rid)
 
 
-async def _sse(engine, seq, req: ChatRequest, request, model_name: str, rid: str, token_text):
-    """Server-sent events: `data: {chunk}` per delta, then `data: [DONE]`."""
-    builder = ChunkBuilder(model_name, req.open_thinking, req.tools_enabled, rid, req.params.logprobs)
+async def _sse(engine, choices, req: ChatRequest, request, model_name: str, rid: str, token_text):
+    """Server-sent events: `data: {chunk}` per delta of each choice, then `data: [DONE]`."""
+    created = int(time.time())
+    builders = [ChunkBuilder(model_name, req.open_thinking, req.tools_enabled, rid, req.params.logprobs, i, created)
+                for i in range(req.n)]
+    results: list[Result | None] = [None] * req.n
 
     def line(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    yield line(builder.start())
-    async for kind, value in _events(seq, request):
-        if kind == "text":
-            for chunk in builder.feed(value):
-                yield line(chunk)
-        elif kind == "logprob":
-            entry = _logprob_entry(engine, token_text, value)
-            if entry is not None:
-                builder.logprobs.append(entry)
-        elif value.finish_reason == "error":
-            yield line(_failed(value, rid).body())
-        else:
-            for chunk in builder.finish(value.finish_reason):
-                yield line(chunk)
-            if req.include_usage:
-                yield line(builder.usage(_usage(value)))
+    for builder in builders:
+        yield line(builder.start())
+    async with aclosing(_events(choices, request)) as events:
+        async for i, kind, value in events:
+            builder = builders[i]
+            if kind == "text":
+                for chunk in builder.feed(value):
+                    yield line(chunk)
+            elif kind == "logprob":
+                entry = _logprob_entry(engine, token_text, value)
+                if entry is not None:
+                    builder.logprobs.append(entry)
+            elif value.finish_reason == "error":  # the request fails; closing the events cancels the rest
+                yield line(_failed(value, rid).body())
+                break
+            else:
+                results[i] = value
+                for chunk in builder.finish(value.finish_reason):
+                    yield line(chunk)
+    if req.include_usage and None not in results:
+        yield line(builders[0].usage(_usage(results)))
     yield "data: [DONE]\n\n"
 
 
