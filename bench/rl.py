@@ -8,9 +8,11 @@
    group with its prefill shared (the engine's way) and with one prefill per row; generated tokens
    per second, and the ratio. Then a whole rollout of agentic prompts (8 prompts x G): the sampler as
    it is (64 rows at once, shared prefills) against rows of 16 with one prefill per row.
-2. Step time share: `train_rl` (what `minimind grpo` runs) for a few rollouts, with the sampler timed:
-   the share of wall time (from the first rollout to the end: loading is left out) spent generating
-   vs everything else (old/ref log-probs, advantages, the optimizer steps, the final checkpoint).
+2. Step time share: `train_rl` (what `minimind grpo` runs) for a few rollouts, with the sampler and
+   the old/reference log-probs timed: the share of wall time (from the first rollout to the end:
+   loading is left out) spent generating, scoring the sampled sequences, and on everything else
+   (the training forward and backward, the optimizer steps, the final checkpoint); for rlaif.jsonl
+   and, with --agent's trajectories, agent_rl.jsonl.
 
 --init: an SFT checkpoint (a `minimind demo` run's sft/, the realistic case: replies stop on their
 own); without it a fresh nano model with the built-in corpus's tokenizer (bench/.cache), whose
@@ -140,13 +142,14 @@ def rollout_throughput(init: Path, path: Path, group: int, max_new: int, n_promp
     return rows
 
 
-def step_share(init: Path, prompts: Path, group: int, max_new: int, rollouts: int) -> dict:
-    """Wall time of a short GRPO run split into generation and the rest."""
+def step_share(init: Path, prompts: Path, group: int, max_new: int, rollouts: int, agent: bool = False) -> dict:
+    """Wall time of a short GRPO run split into generation, the old/reference log-probs of the
+    sampled sequences, and the rest (the training forward and backward, the optimizer, the checkpoint)."""
     from minimind.train.engine import TrainConfig
     from minimind.train.rl import train as rl_train
-    from minimind.train.rl.rollout import RolloutConfig
+    from minimind.train.rl.rollout import RolloutConfig, RolloutSource
 
-    spent = {"gen": 0.0, "tokens": 0, "first": None}
+    spent = {"gen": 0.0, "score": 0.0, "tokens": 0, "first": None}
     real = rl_train.engine_sampler
 
     def timed_sampler(model, tok):
@@ -162,20 +165,29 @@ def step_share(init: Path, prompts: Path, group: int, max_new: int, rollouts: in
 
         return generate
 
-    rl_train.engine_sampler = timed_sampler
+    real_score = RolloutSource.score_tokens
+
+    def timed_score(self, roll, device):
+        t0 = time.perf_counter()
+        real_score(self, roll, device)
+        spent["score"] += time.perf_counter() - t0
+
+    rl_train.engine_sampler, RolloutSource.score_tokens = timed_sampler, timed_score
     try:
         with tempfile.TemporaryDirectory() as out:
             cfg = rl_train.RLConfig(init=str(init), data=str(prompts), rollouts=rollouts,
                                     rollout=RolloutConfig(prompts_per_rollout=4, group_size=group,
-                                                          max_new_tokens=max_new, dynamic_sampling=False))
+                                                          max_new_tokens=max_new, dynamic_sampling=False,
+                                                          agent=agent))
             train = TrainConfig(out_dir=out, lr=1e-5, warmup=0, dtype="auto", progress=False, log_every=1,
                                 save_every=0)
             rl_train.train_rl(cfg, train)
             wall = time.perf_counter() - spent["first"]  # from the first rollout: loading is not RL
     finally:
-        rl_train.engine_sampler = real
-    return {"rollouts": rollouts, "responses": rollouts * 4 * group, "wall s": wall, "generate s": spent["gen"],
-            "generate share": spent["gen"] / wall, "rest share": 1 - spent["gen"] / wall,
+        rl_train.engine_sampler, RolloutSource.score_tokens = real, real_score
+    return {"prompts": prompts.stem, "rollouts": rollouts, "responses": rollouts * 4 * group, "wall s": wall,
+            "generate s": spent["gen"], "generate share": spent["gen"] / wall,
+            "log-probs share": spent["score"] / wall, "rest share": 1 - (spent["gen"] + spent["score"]) / wall,
             "generated tokens": spent["tokens"]}
 
 
@@ -199,14 +211,17 @@ def main():
         files["agent_rl"] = data / "agent_rl.jsonl"
     tp = throughput(init, files, args.group, args.max_new_tokens)
     roll = rollout_throughput(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens)
-    share = step_share(init, prompts, args.group, args.max_new_tokens, args.rollouts)
+    shares = [step_share(init, prompts, args.group, args.max_new_tokens, args.rollouts)]
+    if args.prompts is None:  # agentic GRPO: tool-using trajectories, long prompts
+        shares.append(step_share(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens, args.rollouts,
+                                 agent=True))
     info = machine_info()
     path = write_json("rl", {"machine": info, "init": str(init), "throughput": tp, "rollout": roll,
-                                  "step_share": share})
+                                  "step_share": shares})
     print(json.dumps(info))
     print_table(tp, ["prompt", "prompt tokens", "batch", "prefill", "tokens", "seconds", "tok/s", "vs batch 1"])
     print_table(roll, list(roll[0]))
-    print_table([share], list(share))
+    print_table(shares, list(shares[0]))
     print(f"\nwrote {path}\n\n| prompt (tokens) | batch | prefill | tok/s | vs batch 1 |\n|---|---|---|---|---|")
     for r in tp:
         print(f"| {r['prompt']} ({r['prompt tokens']}) | {r['batch']} | {r['prefill']} | {r['tok/s']:.0f} | "
@@ -214,8 +229,10 @@ def main():
     print(f"\n| a rollout of agentic prompts ({roll[0]['rows']} rows) | tok/s | vs engine_sampler |\n|---|---|---|")
     for r in roll:
         print(f"| {r['setup']} | {r['tok/s']:.0f} | {r['vs engine_sampler']:.2f}x |")
-    print(f"\nGRPO, {share['rollouts']} rollouts x 4 prompts x {args.group}: generation "
-          f"{share['generate share']:.0%} of {share['wall s']:.0f} s, the rest {share['rest share']:.0%}")
+    for share in shares:
+        print(f"\nGRPO on {share['prompts']}, {share['rollouts']} rollouts x 4 prompts x {args.group}: generation "
+              f"{share['generate share']:.0%} of {share['wall s']:.0f} s, old/reference log-probs "
+              f"{share['log-probs share']:.0%}, the rest {share['rest share']:.0%}")
 
 
 if __name__ == "__main__":
