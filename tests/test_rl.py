@@ -87,6 +87,27 @@ def test_first_ratio_is_one_and_clipping_acts_after_an_update(sft, prompts):
     assert m2["clip_frac"].item() > 0.0
 
 
+def test_one_step_per_rollout_takes_old_logp_from_the_training_forward(sft, prompts):
+    """One optimizer step per rollout: pi_old is the policy being trained, so the rollout skips scoring
+    it and the loss reads log pi_old from its own forward, detached (ratio exactly 1). Loss and
+    gradients equal those with the scored log pi_old; PPO and SPO, which read it before training, still score it."""
+    grads, losses = [], []
+    for scored in (False, True):
+        src, policy, _ = source(sft, prompts, GRPO(beta=0.05), LengthReward())
+        src.objective.needs_old_logp_first = scored
+        batch = next(src)
+        assert ("old_logp" in batch) == scored
+        loss, m = src.objective.loss(policy, batch)
+        loss.backward()
+        if not scored:
+            assert m["ratio"].item() == 1.0 and m["clip_frac"].item() == 0.0
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert PPO.needs_old_logp_first and SPO.needs_old_logp_first and not CISPO.needs_old_logp_first
+
+
 def test_zero_variance_groups_are_dropped_and_refilled(sft, prompts):
     src, _, _ = source(sft, prompts, GRPO(), HalfConstantReward(), max_refills=3)
     kept, stats = src.collect()

@@ -27,7 +27,9 @@ input_ids[:, 1:] (position t predicts token t+1):
 
     input_ids (B, T)   prompt + response (+ its closing <|im_end|>), right-padded
     mask               1 on response targets (the tokens the policy produced)
-    old_logp           log pi_old(y_t): the policy that sampled, before this rollout's updates
+    old_logp           log pi_old(y_t): the policy that sampled, before this rollout's updates. Absent
+                       when a rollout makes one optimizer step and the objective needs it only in the
+                       loss: pi_old is then the very policy being trained, log pi_old = logp.detach()
     ref_logp           log pi_ref(y_t): the frozen reference
     adv                A_t                     (PPO also: returns, old_values)
     denominator        the step's token (or sequence) count over all micro-batches and ranks, divided by
@@ -50,6 +52,9 @@ class PolicyGradient:
 
     name = "pg"
     uses_groups = True  # rollouts of several samples per prompt (GRPO, CISPO); False: one per prompt
+    # log pi_old of the rollout is read before training (PPO's GAE, SPO's drift probe), so it is always
+    # scored; otherwise a rollout of one optimizer step takes it from the training forward itself
+    needs_old_logp_first = False
 
     def __init__(self, temperature: float = 1.0, beta: float = 0.02, eps_low: float = 0.2,
                  eps_high: float = 0.2, level: str = "token"):
@@ -64,9 +69,16 @@ class PolicyGradient:
         a = group_advantages(rollout["rewards"], rollout["group_size"])  # (N,)
         rollout["adv"] = a[:, None] * rollout["mask"]
 
+    @staticmethod
+    def old_logp(logp, batch):
+        """log pi_old: the rollout's, or (not scored: one optimizer step per rollout) this forward's,
+        detached - the same numbers, since the rollout scores in the shapes it trains in."""
+        old = batch.get("old_logp")
+        return logp.detach() if old is None else old
+
     # -- f: the policy term, per token (to maximise) -------------------------------------------------
     def policy_term(self, logp, batch):
-        return clipped_surrogate(logp, batch["old_logp"], batch["adv"], self.eps_low, self.eps_high)
+        return clipped_surrogate(logp, self.old_logp(logp, batch), batch["adv"], self.eps_low, self.eps_high)
 
     # -- h: the regulariser, per token --------------------------------------------------------------
     def regulariser(self, logp, batch):
@@ -95,7 +107,7 @@ class PolicyGradient:
                     "kl_k1": masked_mean(kl_k1(logp, batch["ref_logp"]), mask),  # KL(pi || pi_ref), sign right
                     "kl_k3": masked_mean(kl_k3(logp, batch["ref_logp"]), mask),
                     "clip_frac": masked_mean(clipped.float(), mask),
-                    "ratio": masked_mean(torch.exp(logp - batch["old_logp"]), mask),
+                    "ratio": masked_mean(torch.exp(logp - self.old_logp(logp, batch)), mask),
                     "entropy": masked_mean(token_entropy(logits, self.temperature), mask)}
 
     # the engine moves / saves / restores objectives through these (no state by default)
@@ -126,7 +138,7 @@ class CISPO(PolicyGradient):
         self.cispo_eps_low = eps_low
 
     def policy_term(self, logp, batch):
-        return cispo_term(logp, batch["old_logp"], batch["adv"], self.eps_high, self.cispo_eps_low)
+        return cispo_term(logp, self.old_logp(logp, batch), batch["adv"], self.eps_high, self.cispo_eps_low)
 
 
 class SPO(PolicyGradient):
@@ -146,6 +158,7 @@ class SPO(PolicyGradient):
 
     name = "spo"
     uses_groups = False
+    needs_old_logp_first = True
 
     def __init__(self, temperature: float = 1.0, beta: float = 0.02, level: str = "token",
                  d_half: float = 0.06, rho_min: float = 0.5, rho_max: float = 0.96, prior_n: float = 2.0):
@@ -219,6 +232,7 @@ class PPO(PolicyGradient):
 
     name = "ppo"
     uses_groups = False
+    needs_old_logp_first = True
 
     def __init__(self, hidden_size: int, temperature: float = 1.0, beta: float = 0.02, eps: float = 0.2,
                  gamma: float = 1.0, lam: float = 0.95, value_coef: float = 0.5, value_clip: float = 0.2,

@@ -269,7 +269,10 @@ class RolloutSource:
 
     @torch.no_grad()
     def score_tokens(self, roll: dict, device) -> None:
-        """old_logp, ref_logp (and PPO's old_values) of every row, in training-shaped chunks."""
+        """ref_logp, old_logp (and PPO's old_values) of every row, in training-shaped chunks. With one
+        optimizer step per rollout and an objective that reads log pi_old only in its loss, the policy's
+        forward is skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
+        score_old = self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first
         old = torch.zeros_like(roll["mask"])
         ref = torch.zeros_like(roll["mask"])
         values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
@@ -277,13 +280,16 @@ class RolloutSource:
             T = self.width(roll["mask"], chunk)
             ids = roll["input_ids"][chunk][:, :T].to(device)
             with autocast(device, self.dtype):
-                out = self.policy(ids[:, :-1])
-                old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
-                if values is not None:
-                    values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
+                if score_old:
+                    out = self.policy(ids[:, :-1])
+                    old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
+                    if values is not None:
+                        values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
                 ref_logits = self.ref(ids[:, :-1]).logits
                 ref[chunk, :T - 1] = token_logps(ref_logits, ids[:, 1:], self.cfg.temperature).cpu()
-        roll["old_logp"], roll["ref_logp"] = old * roll["mask"], ref * roll["mask"]
+        roll["ref_logp"] = ref * roll["mask"]
+        if score_old:
+            roll["old_logp"] = old * roll["mask"]
         if values is not None:
             roll["old_values"] = values * roll["mask"]
 
