@@ -108,6 +108,30 @@ def test_one_step_per_rollout_takes_old_logp_from_the_training_forward(sft, prom
     assert PPO.needs_old_logp_first and SPO.needs_old_logp_first and not CISPO.needs_old_logp_first
 
 
+@pytest.mark.parametrize("agent", [False, True])
+def test_reference_logprobs_run_each_prompt_once_and_equal_a_full_forward(sft, prompts, corpus, agent):
+    """log pi_ref with each group's prompt run once (a KV cache copied to its G rows) equals a plain
+    forward over every whole row, on plain replies and on tool-using trajectories."""
+    from minimind.reward.tools import ToolReward
+    from minimind.train.rl.rollout import shared_prompt_logps
+    from minimind.train.rl.losses import token_logps
+
+    if agent:
+        src, policy, ref = source(sft, corpus / "agent_rl.jsonl", GRPO(), ToolReward(), agent=True,
+                                  max_new_tokens=24)
+    else:
+        src, policy, ref = source(sft, prompts, GRPO(), LengthReward())
+    kept, _ = src.collect()
+    roll = src.tensors(kept)
+    ids, mask = roll["input_ids"], roll["mask"]
+    assert len({tuple(r) for r in ids[:, :10].tolist()}) < ids.shape[0]  # rows share prompts
+    with torch.no_grad():
+        full = token_logps(ref(ids[:, :-1]).logits, ids[:, 1:]) * mask
+    got = shared_prompt_logps(ref, ids, mask, 1.0, "cpu")
+    assert (got != 0).sum() == mask.sum() > 0
+    assert torch.allclose(got, full, atol=1e-5)
+
+
 def test_zero_variance_groups_are_dropped_and_refilled(sft, prompts):
     src, _, _ = source(sft, prompts, GRPO(), HalfConstantReward(), max_refills=3)
     kept, stats = src.collect()

@@ -46,6 +46,37 @@ from .losses import token_logps
 from .objectives import sequence_drift_kl
 
 
+@torch.no_grad()
+def shared_prompt_logps(model, input_ids, mask, temperature: float, device):
+    """log p(y_t) of every response target (mask (N, T-1), the rest 0), each distinct prompt run once.
+
+    Rows whose prompts (the ids before their first response token) are equal - a group's G samples -
+    run it once into a KV cache, copied to each row, then their responses at once: the prompt, most of
+    an agentic sequence, is computed once a group instead of G times. For log pi_ref, which only needs
+    to be right, not computed in the training forward's shapes (that is what log pi_old needs)."""
+    from ...model import KVCache
+
+    out = torch.zeros_like(mask)
+    has = mask.any(1)
+    first = mask.float().argmax(1)  # target index t of the first response token: it is ids[t + 1]
+    groups: dict[tuple, list[int]] = {}
+    for i in torch.nonzero(has).flatten().tolist():
+        P = int(first[i]) + 1  # prompt length
+        groups.setdefault(tuple(input_ids[i, :P].tolist()), []).append(i)
+    for prompt, rows in groups.items():
+        P = len(prompt)
+        T = max(int(torch.nonzero(mask[i]).max()) + 2 for i in rows)  # columns up to the last target
+        ids = input_ids[rows, :T].to(device)
+        cache = KVCache(model.config, 1, T, device=device)
+        head = model(ids[:1, :P], cache=cache, logits_to_keep=1).logits  # (1, 1, V): predicts ids[P]
+        cache.select([0] * len(rows))
+        logits = head.expand(len(rows), -1, -1)  # targets P-1 .. T-2
+        if T - 1 > P:
+            logits = torch.cat([logits, model(ids[:, P:T - 1], cache=cache).logits], dim=1)
+        out[rows, P - 1:T - 1] = token_logps(logits, ids[:, P:T], temperature).float().cpu()
+    return out * mask
+
+
 @dataclass
 class RolloutConfig:
     prompts_per_rollout: int = 8  # P, per rank
@@ -274,20 +305,19 @@ class RolloutSource:
         forward is skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
         score_old = self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first
         old = torch.zeros_like(roll["mask"])
-        ref = torch.zeros_like(roll["mask"])
         values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
-        for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
-            T = self.width(roll["mask"], chunk)
-            ids = roll["input_ids"][chunk][:, :T].to(device)
-            with autocast(device, self.dtype):
-                if score_old:
+        if score_old:
+            for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
+                T = self.width(roll["mask"], chunk)
+                ids = roll["input_ids"][chunk][:, :T].to(device)
+                with autocast(device, self.dtype):
                     out = self.policy(ids[:, :-1])
                     old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
                     if values is not None:
                         values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
-                ref_logits = self.ref(ids[:, :-1]).logits
-                ref[chunk, :T - 1] = token_logps(ref_logits, ids[:, 1:], self.cfg.temperature).cpu()
-        roll["ref_logp"] = ref * roll["mask"]
+        with autocast(device, self.dtype):
+            roll["ref_logp"] = shared_prompt_logps(self.ref, roll["input_ids"], roll["mask"], self.cfg.temperature,
+                                                   device)
         if score_old:
             roll["old_logp"] = old * roll["mask"]
         if values is not None:
