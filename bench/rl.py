@@ -52,60 +52,66 @@ def fresh_model() -> Path:
     return out
 
 
-def throughput(init: Path, prompt_files: dict[str, Path], group: int, max_new: int, repeats: int = 2) -> list[dict]:
-    """Generated tokens/s of the RL sampler at batch 1 and at a group of `group` (best of `repeats`), for
-    the first prompt of each file; the group twice: sharing one prefill (the engine's way: a row whose
-    prompt a running row has copies its keys and values) and with every row prefilled alone, in the
-    same run."""
+def per_row_sampler(model, tok, max_batch: int):
+    """A sampler like engine_sampler's over an engine of `max_batch` rows in which every row prefills
+    its own prompt (no copying from a running row with the same prompt)."""
+    from minimind.infer.engine import Engine, SamplingParams
+
+    engine = Engine(model, tok, max_batch=max_batch)
+    engine._prefill = lambda req, donor=None: Engine._prefill(engine, req)
+
+    def sample(prompts, temperature, max_new_tokens, seeds, suppress):
+        params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                 seed=seed) for seed in seeds]
+        return [(r.tokens, r.finish_reason) for r in engine.generate(prompts, params)]
+
+    return sample
+
+
+def best_rate(sample, prompts: list[list[int]], max_new: int, repeats: int = 2) -> dict:
+    """Generated tokens, seconds and tokens/s of the fastest of `repeats` calls (one seed per row)."""
     import torch
 
+    best = None
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            outs = sample(prompts, 1.0, max_new, [1000 * r + i for i in range(len(prompts))], ())
+        dt = time.perf_counter() - t0
+        toks = sum(len(t) for t, _ in outs)
+        if best is None or toks / dt > best["tok/s"]:
+            best = {"tokens": toks, "seconds": dt, "tok/s": toks / dt}
+    return best
+
+
+def throughput(init: Path, prompt_files: dict[str, Path], group: int, max_new: int) -> list[dict]:
+    """Generated tokens/s of the RL sampler at batch 1 and at a group of `group`, for the first prompt
+    of each file; the group twice: sharing one prefill (the engine's way: a row whose prompt a running
+    row has copies its keys and values) and with every row prefilled alone, in the same run."""
     from minimind.checkpoint import load_checkpoint
-    from minimind.infer.engine import Engine
     from minimind.tokenizer import render_chat
     from minimind.train.rl.rollout import load_rl_records
     from minimind.train.rl.train import engine_sampler
 
     model, tok = load_checkpoint(init)
     model.eval()
-    shared_prefill = Engine._prefill
-
-    def own_prefill(engine, req, donor=None):  # never copy from a running row
-        shared_prefill(engine, req)
-
     rows = []
     for name, path in prompt_files.items():
-        rec = load_rl_records(path)[0]
-        ids = render_chat(tok, rec["conversations"], add_generation_prompt=True)[0]
+        ids = render_chat(tok, load_rl_records(path)[0]["conversations"], add_generation_prompt=True)[0]
         for n, prefill in ((1, "-"), (group, "shared"), (group, "one per row")):
-            Engine._prefill = own_prefill if prefill == "one per row" else shared_prefill
-            try:
-                sample = engine_sampler(model, tok)
-                best = None
-                for r in range(repeats):
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        outs = sample([ids] * n, 1.0, max_new, [1000 * r + i for i in range(n)], ())
-                    dt = time.perf_counter() - t0
-                    toks = sum(len(t) for t, _ in outs)
-                    if best is None or toks / dt > best["tok/s"]:
-                        best = {"prompt": name, "prompt tokens": len(ids), "batch": n, "prefill": prefill,
-                                "tokens": toks, "seconds": dt, "tok/s": toks / dt}
-            finally:
-                Engine._prefill = shared_prefill
+            sample = per_row_sampler(model, tok, 64) if prefill == "one per row" else engine_sampler(model, tok)
+            row = {"prompt": name, "prompt tokens": len(ids), "batch": n, "prefill": prefill,
+                   **best_rate(sample, [ids] * n, max_new)}
             if n == 1:
-                base = best["tok/s"]
-            best["vs batch 1"] = best["tok/s"] / base
-            rows.append(best)
+                base = row["tok/s"]
+            rows.append({**row, "vs batch 1": row["tok/s"] / base})
     return rows
 
 
 def rollout_throughput(init: Path, path: Path, group: int, max_new: int, n_prompts: int = 8) -> list[dict]:
     """Generated tokens/s for a rollout's worth of prompts (n_prompts x group rows submitted at once):
-    the engine as engine_sampler makes it, and with rows of 16 and one prefill per row."""
-    import torch
-
+    the sampler as engine_sampler makes it, and with rows of 16 and one prefill per row (before)."""
     from minimind.checkpoint import load_checkpoint
-    from minimind.infer.engine import Engine, SamplingParams
     from minimind.tokenizer import render_chat
     from minimind.train.rl.rollout import load_rl_records
     from minimind.train.rl.train import engine_sampler
@@ -114,32 +120,11 @@ def rollout_throughput(init: Path, path: Path, group: int, max_new: int, n_promp
     model.eval()
     recs = load_rl_records(path)[:n_prompts]
     prompts = [render_chat(tok, r["conversations"], add_generation_prompt=True)[0] for r in recs for _ in range(group)]
-    rows = []
-    for setup in ("engine_sampler", "rows of 16, one prefill per row"):
-        if setup == "engine_sampler":
-            sample = engine_sampler(model, tok)
-        else:
-            engine = Engine(model, tok, max_batch=16)
-            engine._prefill = lambda req, donor=None: Engine._prefill(engine, req)
-
-            def sample(ps, temperature, max_new_tokens, seeds, suppress):
-                params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                         seed=seed) for seed in seeds]
-                return [(r.tokens, r.finish_reason) for r in engine.generate(ps, params)]
-        best = None
-        for r in range(2):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                outs = sample(prompts, 1.0, max_new, [1000 * r + i for i in range(len(prompts))], ())
-            dt = time.perf_counter() - t0
-            toks = sum(len(t) for t, _ in outs)
-            if best is None or toks / dt > best["tok/s"]:
-                best = {"setup": setup, "rows": len(prompts), "prompt tokens (mean)": sum(map(len, prompts)) / len(prompts),
-                        "tokens": toks, "seconds": dt, "tok/s": toks / dt}
-        rows.append(best)
-    for r in rows:
-        r["vs engine_sampler"] = r["tok/s"] / rows[0]["tok/s"]
-    return rows
+    rows = [{"setup": setup, "rows": len(prompts), "prompt tokens (mean)": sum(map(len, prompts)) / len(prompts),
+             **best_rate(sample, prompts, max_new)}
+            for setup, sample in (("engine_sampler", engine_sampler(model, tok)),
+                                  ("rows of 16, one prefill per row", per_row_sampler(model, tok, 16)))]
+    return [{**r, "vs engine_sampler": r["tok/s"] / rows[0]["tok/s"]} for r in rows]
 
 
 def step_share(init: Path, prompts: Path, group: int, max_new: int, rollouts: int, agent: bool = False) -> dict:

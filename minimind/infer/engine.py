@@ -537,7 +537,7 @@ class Engine:
             if r in self.waiting:
                 self.waiting.remove(r)
             self.cache.release(r.blocks)
-            r.blocks = []
+            r.blocks, r.prompt_logits = [], None  # no longer a donor
             key = {"cancelled": "cancelled", "error": "failed"}.get(r.finish_reason, "finished")
             self.counters[key] += 1
         for r in done:

@@ -71,8 +71,8 @@ class PolicyGradient:
 
     @staticmethod
     def old_logp(logp, batch):
-        """log pi_old: the rollout's, or (not scored: one optimizer step per rollout) this forward's,
-        detached - the same numbers, since the rollout scores in the shapes it trains in."""
+        """log pi_old: the rollout's, or, where the rollout did not score it (one optimizer step per
+        rollout: pi_old is the policy being trained), this forward's own, detached."""
         old = batch.get("old_logp")
         return logp.detach() if old is None else old
 

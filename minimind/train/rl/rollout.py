@@ -300,13 +300,13 @@ class RolloutSource:
 
     @torch.no_grad()
     def score_tokens(self, roll: dict, device) -> None:
-        """ref_logp, old_logp (and PPO's old_values) of every row, in training-shaped chunks. With one
-        optimizer step per rollout and an objective that reads log pi_old only in its loss, the policy's
-        forward is skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
-        score_old = self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first
-        old = torch.zeros_like(roll["mask"])
-        values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
-        if score_old:
+        """old_logp (and PPO's old_values) of every row in training-shaped chunks, so the first ratio is
+        1; ref_logp with each group's prompt run once (shared_prompt_logps). With one optimizer step
+        per rollout and an objective that reads log pi_old only in its loss, the policy's forward is
+        skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
+        if self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first:
+            old = torch.zeros_like(roll["mask"])
+            values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
             for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
                 T = self.width(roll["mask"], chunk)
                 ids = roll["input_ids"][chunk][:, :T].to(device)
@@ -315,13 +315,12 @@ class RolloutSource:
                     old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
                     if values is not None:
                         values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
+            roll["old_logp"] = old * roll["mask"]
+            if values is not None:
+                roll["old_values"] = values * roll["mask"]
         with autocast(device, self.dtype):
             roll["ref_logp"] = shared_prompt_logps(self.ref, roll["input_ids"], roll["mask"], self.cfg.temperature,
                                                    device)
-        if score_old:
-            roll["old_logp"] = old * roll["mask"]
-        if values is not None:
-            roll["old_values"] = values * roll["mask"]
 
     def plan(self, N: int) -> list[list[list[int]]]:
         """Row indices of every optimizer step of this rollout, each a list of micro-batches."""

@@ -103,8 +103,9 @@ def engine_sampler(model, tok):
     from ...infer.engine import Engine, SamplingParams
 
     # decodes with the model's own weights: each rollout sees the latest policy. 64 rows at once (a
-    # rollout's default 8 prompts x 8): on 2 CPU cores a nano rollout of tool prompts ran 1.4-1.75x
-    # faster than in rows of 16 (bench/RESULTS.md, "RL groups share their prefill")
+    # rollout's default 8 prompts x 8), so a group is not split as rows finish one by one: with the
+    # engine's shared prefill a rollout of tool prompts sampled 2.06x faster than in rows of 16 with a
+    # prefill per row (bench/RESULTS.md, "RL groups share their prefill")
     engine = Engine(model, tok, max_batch=64)
 
     def generate(prompts, temperature, max_new_tokens, seeds, suppress_ids):
