@@ -8,7 +8,10 @@
    group with its prefill shared (the engine's way) and with one prefill per row; generated tokens
    per second, and the ratio. Then a whole rollout of agentic prompts (8 prompts x G): the sampler as
    it is (64 rows at once, shared prefills) against rows of 16 with one prefill per row.
-2. Step time share: `train_rl` (what `minimind grpo` runs) for a few rollouts, with the sampler and
+2. The training forward: one GRPO micro-batch's loss, forward and backward (4 prompts x G), each
+   group's prompt run once (train/rl/forward.py) vs the plain forward over whole rows, for rlaif.jsonl
+   and agentic trajectories of agent_rl.jsonl.
+3. Step time share: `train_rl` (what `minimind grpo` runs) for a few rollouts, with the sampler and
    the old/reference log-probs timed: the share of wall time (from the first rollout to the end:
    loading is left out) spent generating, scoring the sampled sequences, and on everything else
    (the training forward and backward, the optimizer steps, the final checkpoint); for rlaif.jsonl
@@ -127,6 +130,53 @@ def rollout_throughput(init: Path, path: Path, group: int, max_new: int, n_promp
     return [{**r, "vs engine_sampler": r["tok/s"] / rows[0]["tok/s"]} for r in rows]
 
 
+def train_forward(init: Path, path: Path, group: int, max_new: int, agent: bool, n_prompts: int = 4,
+                  repeats: int = 3) -> list[dict]:
+    """Seconds of one GRPO micro-batch's loss, forward and backward (a rollout of n_prompts x group
+    rows, as `step_share` trains on), with each group's prompt run once (forward.py) and with the
+    plain forward over whole rows; the fastest of `repeats` each, alternating, in the training dtype."""
+    import torch
+
+    from minimind.checkpoint import load_checkpoint
+    from minimind.reward.rules import RuleReward
+    from minimind.reward.tools import ToolReward
+    from minimind.runtime import autocast, freeze, pick_device, pick_dtype
+    from minimind.train.rl.forward import prompt_groups
+    from minimind.train.rl.objectives import GRPO
+    from minimind.train.rl.rollout import RolloutConfig, RolloutSource, load_rl_records
+    from minimind.train.rl.train import engine_sampler
+
+    policy, tok = load_checkpoint(init)
+    device = pick_device("cpu")
+    dtype = pick_dtype("auto", device)
+    ref = freeze(load_checkpoint(init)[0])
+    objective = GRPO()
+    cfg = RolloutConfig(prompts_per_rollout=n_prompts, group_size=group, max_new_tokens=max_new,
+                        dynamic_sampling=False, agent=agent)
+    src = RolloutSource(load_rl_records(path), tok, policy, ref, objective, ToolReward() if agent else RuleReward(),
+                        engine_sampler(policy, tok), cfg, dtype=dtype)
+    batch = src.make_rollout()[0]
+    ids, mask = batch["input_ids"], batch["mask"]
+    real = int(sum(int(m.nonzero().max()) + 2 for m in mask))  # tokens of the rows, padding left out
+    once = sum(P + len(rows) * (max(int(mask[i].nonzero().max()) for i in rows) + 1 - P)
+               for P, rows in prompt_groups(ids, mask))
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(repeats):
+        for share in (True, False):
+            objective.share_prompts = share
+            policy.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            with autocast(device, dtype):
+                loss, _ = objective.loss(policy, batch)
+            loss.backward()
+            best[share] = min(best[share], time.perf_counter() - t0)
+    return [{"prompts": path.stem, "rows": ids.shape[0], "forward": name, "tokens computed": n,
+             "seconds": best[share], "vs plain": best[False] / best[share]}
+            for name, share, n in (("each prompt once", True, once), ("plain, whole rows", False, ids.numel()))] + [
+        {"prompts": path.stem, "rows": ids.shape[0], "forward": "(rows without padding)", "tokens computed": real,
+         "seconds": float("nan"), "vs plain": float("nan")}]
+
+
 def step_share(init: Path, prompts: Path, group: int, max_new: int, rollouts: int, agent: bool = False) -> dict:
     """Wall time of a short GRPO run split into generation, the old/reference log-probs of the
     sampled sequences, and the rest (the training forward and backward, the optimizer, the checkpoint)."""
@@ -196,16 +246,20 @@ def main():
         files["agent_rl"] = data / "agent_rl.jsonl"
     tp = throughput(init, files, args.group, args.max_new_tokens)
     roll = rollout_throughput(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens)
+    fwd = train_forward(init, prompts, args.group, args.max_new_tokens, agent=False)
+    if args.prompts is None:
+        fwd += train_forward(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens, agent=True)
     shares = [step_share(init, prompts, args.group, args.max_new_tokens, args.rollouts)]
     if args.prompts is None:  # agentic GRPO: tool-using trajectories, long prompts
         shares.append(step_share(init, data / "agent_rl.jsonl", args.group, args.max_new_tokens, args.rollouts,
                                  agent=True))
     info = machine_info()
     path = write_json("rl", {"machine": info, "init": str(init), "throughput": tp, "rollout": roll,
-                                  "step_share": shares})
+                             "train_forward": fwd, "step_share": shares})
     print(json.dumps(info))
     print_table(tp, ["prompt", "prompt tokens", "batch", "prefill", "tokens", "seconds", "tok/s", "vs batch 1"])
     print_table(roll, list(roll[0]))
+    print_table(fwd, list(fwd[0]))
     print_table(shares, list(shares[0]))
     print(f"\nwrote {path}\n\n| prompt (tokens) | batch | prefill | tok/s | vs batch 1 |\n|---|---|---|---|---|")
     for r in tp:
@@ -214,6 +268,11 @@ def main():
     print(f"\n| a rollout of agentic prompts ({roll[0]['rows']} rows) | tok/s | vs engine_sampler |\n|---|---|---|")
     for r in roll:
         print(f"| {r['setup']} | {r['tok/s']:.0f} | {r['vs engine_sampler']:.2f}x |")
+    print("\n| GRPO micro-batch: loss, forward and backward | rows | tokens computed | s | vs plain |\n|---|---|---|---|---|")
+    for r in fwd:
+        if r["seconds"] == r["seconds"]:
+            print(f"| {r['prompts']}, {r['forward']} | {r['rows']} | {r['tokens computed']} | {r['seconds']:.2f} | "
+                  f"{r['vs plain']:.2f}x |")
     for share in shares:
         print(f"\nGRPO on {share['prompts']}, {share['rollouts']} rollouts x 4 prompts x {args.group}: generation "
               f"{share['generate share']:.0%} of {share['wall s']:.0f} s, old/reference log-probs "

@@ -108,28 +108,107 @@ def test_one_step_per_rollout_takes_old_logp_from_the_training_forward(sft, prom
     assert PPO.needs_old_logp_first and SPO.needs_old_logp_first and not CISPO.needs_old_logp_first
 
 
-@pytest.mark.parametrize("agent", [False, True])
-def test_reference_logprobs_run_each_prompt_once_and_equal_a_full_forward(sft, prompts, corpus, agent):
-    """log pi_ref with each group's prompt run once (a KV cache copied to its G rows) equals a plain
-    forward over every whole row, on plain replies and on tool-using trajectories."""
+def agentic_or_plain_rollout(sft, prompts, corpus, agent, objective=None):
+    """A rollout's tensors, its source, policy and reference: plain replies or tool-using trajectories."""
     from minimind.reward.tools import ToolReward
-    from minimind.train.rl.rollout import shared_prompt_logps
-    from minimind.train.rl.losses import token_logps
 
     if agent:
-        src, policy, ref = source(sft, corpus / "agent_rl.jsonl", GRPO(), ToolReward(), agent=True,
+        src, policy, ref = source(sft, corpus / "agent_rl.jsonl", objective or GRPO(), ToolReward(), agent=True,
                                   max_new_tokens=24)
     else:
-        src, policy, ref = source(sft, prompts, GRPO(), LengthReward())
-    kept, _ = src.collect()
-    roll = src.tensors(kept)
+        src, policy, ref = source(sft, prompts, objective or GRPO(), LengthReward())
+    roll = src.tensors(src.collect()[0])
+    assert len({tuple(r) for r in roll["input_ids"][:, :10].tolist()}) < roll["input_ids"].shape[0]  # shared
+    return roll, src, policy, ref
+
+
+@pytest.mark.parametrize("agent", [False, True])
+def test_reference_logprobs_run_each_prompt_once_and_equal_a_full_forward(sft, prompts, corpus, agent):
+    """log pi_ref with each group's prompt run once (its keys and values attended by the G rows) equals a
+    plain forward over every whole row, on plain replies and on tool-using trajectories."""
+    from minimind.train.rl.forward import policy_forward, prompt_groups
+    from minimind.train.rl.losses import token_logps
+
+    roll, _, _, ref = agentic_or_plain_rollout(sft, prompts, corpus, agent)
     ids, mask = roll["input_ids"], roll["mask"]
-    assert len({tuple(r) for r in ids[:, :10].tolist()}) < ids.shape[0]  # rows share prompts
+    assert len(prompt_groups(ids, mask)) == 4  # 4 prompts x 4 samples
     with torch.no_grad():
         full = token_logps(ref(ids[:, :-1]).logits, ids[:, 1:]) * mask
-    got = shared_prompt_logps(ref, ids, mask, 1.0, "cpu")
+        got = policy_forward(ref, ids, mask, 1.0).logp * mask
     assert (got != 0).sum() == mask.sum() > 0
     assert torch.allclose(got, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("agent", [False, True])
+@pytest.mark.parametrize("algo", ["grpo", "cispo"])
+def test_training_forward_runs_each_prompt_once_with_the_full_forwards_loss_and_gradients(
+        sft, prompts, corpus, agent, algo):
+    """The loss of a micro-batch whose rows share prompts, with each prompt run once, equals the loss of
+    the plain forward over whole rows, and so do its gradients and metrics (after an update, so the
+    ratios are not 1 and the clipping acts)."""
+    objective = {"grpo": GRPO(beta=0.05, eps_low=0.01, eps_high=0.01), "cispo": CISPO(beta=0.05, eps_high=0.01)}[algo]
+    roll, src, policy, _ = agentic_or_plain_rollout(sft, prompts, corpus, agent, objective)
+    src.cfg.minibatches = 2  # two optimizer steps a rollout: log pi_old is scored, then the policy moves
+    src.buffer = src.make_rollout()
+    first = src.buffer[0]
+    loss, _ = objective.loss(policy, first)
+    loss.backward()
+    torch.optim.SGD(policy.parameters(), lr=1.0).step()
+    from minimind.train.rl.forward import prompt_groups
+
+    batch = src.buffer[1]
+    assert any(len(rows) > 1 for _, rows in prompt_groups(batch["input_ids"], batch["mask"]))  # rows share prompts
+    results = []
+    for share in (True, False):
+        objective.share_prompts = share
+        policy.zero_grad()
+        loss, m = objective.loss(policy, batch)
+        loss.backward()
+        results.append((loss.item(), {k: float(v) for k, v in m.items() if torch.is_tensor(v)},
+                        torch.cat([p.grad.flatten() for p in policy.parameters()])))
+    objective.share_prompts = True
+    (l_shared, m_shared, g_shared), (l_full, m_full, g_full) = results
+    assert l_shared == pytest.approx(l_full, rel=1e-5, abs=1e-7)
+    assert m_shared["clip_frac"] > 0 and m_shared["ratio"] != 1.0
+    for k in m_full:
+        assert m_shared[k] == pytest.approx(m_full[k], rel=1e-4, abs=1e-6), k
+    assert g_full.abs().max() > 0
+    assert torch.allclose(g_shared, g_full, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_prompt_sharing_forward_on_hand_made_rows(moe):
+    """Rows of two prompts (lengths 5 and 9), replies of different lengths, right padding and a masked
+    middle (a tool result): log pi of every target equals the plain forward's, entropies too, for a dense
+    and a MoE model; a row alone keeps the plain forward."""
+    from minimind.train.rl.forward import policy_forward, prompt_groups
+    from minimind.train.rl.losses import token_logps
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, num_experts=4 if moe else 0, num_experts_per_tok=2)
+    model = MiniMindForCausalLM(cfg).train()
+    T = 20
+    ids = torch.randint(1, 97, (5, T))
+    ids[1:3, :5] = ids[0, :5]  # rows 0-2: prompt of 5 tokens
+    ids[4, :9] = ids[3, :9]  # rows 3-4: prompt of 9
+    mask = torch.zeros(5, T - 1)
+    for row, (P, end) in enumerate([(5, 12), (5, 20), (5, 7), (9, 15), (9, 20)]):
+        mask[row, P - 1:end - 1] = 1.0
+        ids[row, end:] = 0  # right padding
+    mask[1, 8:11] = 0  # a tool result inside row 1's response
+    assert sorted(len(r) for _, r in prompt_groups(ids, mask)) == [2, 3]
+    shared = policy_forward(model, ids, mask, 0.8, entropy=True)
+    plain = policy_forward(model, ids, mask, 0.8, share=False, entropy=True)
+    assert plain.hidden is not None and shared.hidden is None
+    assert torch.allclose(shared.logp * mask, plain.logp * mask, atol=1e-5)
+    assert torch.allclose(shared.entropy * mask, plain.entropy * mask, atol=1e-5)
+    with torch.no_grad():
+        direct = token_logps(model(ids[:, :-1]).logits, ids[:, 1:], 0.8)
+    assert torch.allclose(plain.logp, direct)
+    assert (shared.aux_loss is not None) == moe and (not moe or torch.isfinite(shared.aux_loss))
+    alone = policy_forward(model, ids[[0, 3]], mask[[0, 3]], 0.8)  # no two rows share a prompt
+    assert alone.hidden is not None
 
 
 def test_zero_variance_groups_are_dropped_and_refilled(sft, prompts):

@@ -41,8 +41,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .forward import policy_forward
 from .losses import (cispo_term, clipped_surrogate, gae, group_advantages, kl_k1, kl_k3, masked_mean,
-                     reduce_loss, reinforce_term, token_entropy, token_logps, value_loss)
+                     reduce_loss, reinforce_term, value_loss)
 
 LEVELS = ("token", "sequence")
 
@@ -55,6 +56,9 @@ class PolicyGradient:
     # log pi_old of the rollout is read before training (PPO's GAE, SPO's drift probe), so it is always
     # scored; otherwise a rollout of one optimizer step takes it from the training forward itself
     needs_old_logp_first = False
+    # the training forward runs a prompt once for all the rows that share it (forward.py); PPO reads a
+    # value at every position of every row, so it keeps the plain forward
+    share_prompts = True
 
     def __init__(self, temperature: float = 1.0, beta: float = 0.02, eps_low: float = 0.2,
                  eps_high: float = 0.2, level: str = "token"):
@@ -84,31 +88,32 @@ class PolicyGradient:
     def regulariser(self, logp, batch):
         return self.beta * kl_k3(logp, batch["ref_logp"]) if self.beta else torch.zeros_like(logp)
 
-    def forward(self, model, batch):
-        """(logits (B, T-1, V), log pi of the targets (B, T-1), the model's Output)."""
-        out = model(batch["input_ids"][:, :-1])
-        return out.logits, token_logps(out.logits, batch["input_ids"][:, 1:], self.temperature), out
+    def forward(self, model, batch, entropy: bool = False):
+        """forward.PolicyForward: log pi of the targets (B, T-1), each group's prompt run once where rows
+        share it (forward.py; same loss and gradient as the plain forward), the entropy if asked for."""
+        return policy_forward(model, batch["input_ids"], batch["mask"], self.temperature, self.share_prompts,
+                              entropy)
 
     def loss(self, model, batch):
         mask = batch["mask"]
-        logits, logp, out = self.forward(model, batch)
-        f, clipped = self.policy_term(logp, batch)
-        h = self.regulariser(logp, batch)
+        fwd = self.forward(model, batch, entropy=True)
+        f, clipped = self.policy_term(fwd.logp, batch)
+        h = self.regulariser(fwd.logp, batch)
         loss = reduce_loss(-(f - h), mask, self.level, batch["denominator"])
-        if out.aux_loss is not None:  # MoE load balancing
-            loss = loss + out.aux_loss
-        return loss, self.metrics(logits, logp, batch, clipped)
+        if fwd.aux_loss is not None:  # MoE load balancing
+            loss = loss + fwd.aux_loss
+        return loss, self.metrics(fwd, batch, clipped)
 
-    def metrics(self, logits, logp, batch, clipped) -> dict:
+    def metrics(self, fwd, batch, clipped) -> dict:
         """Per micro-batch: KL (both estimators), clip fraction, ratio, entropy; plus the rollout's stats."""
-        mask = batch["mask"]
+        mask, logp = batch["mask"], fwd.logp
         with torch.no_grad():
             return {**batch.get("stats", {}), "n_tokens": mask.sum(),
                     "kl_k1": masked_mean(kl_k1(logp, batch["ref_logp"]), mask),  # KL(pi || pi_ref), sign right
                     "kl_k3": masked_mean(kl_k3(logp, batch["ref_logp"]), mask),
                     "clip_frac": masked_mean(clipped.float(), mask),
                     "ratio": masked_mean(torch.exp(logp - self.old_logp(logp, batch)), mask),
-                    "entropy": masked_mean(token_entropy(logits, self.temperature), mask)}
+                    "entropy": masked_mean(fwd.entropy, mask)}
 
     # the engine moves / saves / restores objectives through these (no state by default)
     def to(self, device):
@@ -233,6 +238,7 @@ class PPO(PolicyGradient):
     name = "ppo"
     uses_groups = False
     needs_old_logp_first = True
+    share_prompts = False
 
     def __init__(self, hidden_size: int, temperature: float = 1.0, beta: float = 0.02, eps: float = 0.2,
                  gamma: float = 1.0, lam: float = 0.95, value_coef: float = 0.5, value_clip: float = 0.2,
@@ -274,14 +280,14 @@ class PPO(PolicyGradient):
 
     def loss(self, model, batch):
         mask = batch["mask"]
-        logits, logp, out = self.forward(model, batch)
-        f, clipped = self.policy_term(logp, batch)
-        v = self.values(out.hidden)  # (B, T-1)
+        fwd = self.forward(model, batch, entropy=True)
+        f, clipped = self.policy_term(fwd.logp, batch)
+        v = self.values(fwd.hidden)  # (B, T-1)
         vl = value_loss(v, batch["old_values"], batch["returns"], self.value_clip)
         loss = reduce_loss(-f + self.value_coef * vl, mask, self.level, batch["denominator"])
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-        m = self.metrics(logits, logp, batch, clipped)
+        if fwd.aux_loss is not None:
+            loss = loss + fwd.aux_loss
+        m = self.metrics(fwd, batch, clipped)
         m["value_loss"] = masked_mean(vl.detach(), mask)
         return loss, m
 

@@ -42,39 +42,9 @@ import torch.distributed as dist
 
 from ...errors import UserError
 from ...runtime import autocast
+from .forward import policy_forward
 from .losses import token_logps
 from .objectives import sequence_drift_kl
-
-
-@torch.no_grad()
-def shared_prompt_logps(model, input_ids, mask, temperature: float, device):
-    """log p(y_t) of every response target (mask (N, T-1), the rest 0), each distinct prompt run once.
-
-    Rows whose prompts (the ids before their first response token) are equal - a group's G samples -
-    run it once into a KV cache, copied to each row, then their responses at once: the prompt, most of
-    an agentic sequence, is computed once a group instead of G times. For log pi_ref, which only needs
-    to be right, not computed in the training forward's shapes (that is what log pi_old needs)."""
-    from ...model import KVCache
-
-    out = torch.zeros_like(mask)
-    has = mask.any(1)
-    first = mask.float().argmax(1)  # target index t of the first response token: it is ids[t + 1]
-    groups: dict[tuple, list[int]] = {}
-    for i in torch.nonzero(has).flatten().tolist():
-        P = int(first[i]) + 1  # prompt length
-        groups.setdefault(tuple(input_ids[i, :P].tolist()), []).append(i)
-    for prompt, rows in groups.items():
-        P = len(prompt)
-        T = max(int(torch.nonzero(mask[i]).max()) + 2 for i in rows)  # columns up to the last target
-        ids = input_ids[rows, :T].to(device)
-        cache = KVCache(model.config, 1, T, device=device)
-        head = model(ids[:1, :P], cache=cache, logits_to_keep=1).logits  # (1, 1, V): predicts ids[P]
-        cache.select([0] * len(rows))
-        logits = head.expand(len(rows), -1, -1)  # targets P-1 .. T-2
-        if T - 1 > P:
-            logits = torch.cat([logits, model(ids[:, P:T - 1], cache=cache).logits], dim=1)
-        out[rows, P - 1:T - 1] = token_logps(logits, ids[:, P:T], temperature).float().cpu()
-    return out * mask
 
 
 @dataclass
@@ -300,27 +270,30 @@ class RolloutSource:
 
     @torch.no_grad()
     def score_tokens(self, roll: dict, device) -> None:
-        """old_logp (and PPO's old_values) of every row in training-shaped chunks, so the first ratio is
-        1; ref_logp with each group's prompt run once (shared_prompt_logps). With one optimizer step
-        per rollout and an objective that reads log pi_old only in its loss, the policy's forward is
-        skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
+        """old_logp (and PPO's old_values) of every row, by the objective's own forward in the training
+        micro-batches' shapes, so the first ratio is exactly 1; ref_logp by the same forward over the whole
+        rollout (each group's prompt run once: forward.py). With one optimizer step per rollout and an
+        objective that reads log pi_old only in its loss, the policy's pass is skipped: the loss takes it
+        from its own forward (objectives.PolicyGradient.old_logp)."""
         if self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first:
             old = torch.zeros_like(roll["mask"])
             values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
             for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
                 T = self.width(roll["mask"], chunk)
-                ids = roll["input_ids"][chunk][:, :T].to(device)
+                b = {"input_ids": roll["input_ids"][chunk][:, :T].to(device),
+                     "mask": roll["mask"][chunk][:, :T - 1].to(device)}
                 with autocast(device, self.dtype):
-                    out = self.policy(ids[:, :-1])
-                    old[chunk, :T - 1] = token_logps(out.logits, ids[:, 1:], self.cfg.temperature).cpu()
+                    fwd = self.objective.forward(self.policy, b)
+                    old[chunk, :T - 1] = fwd.logp.float().cpu()
                     if values is not None:
-                        values[chunk, :T - 1] = self.objective.values(out.hidden).cpu()
+                        values[chunk, :T - 1] = self.objective.values(fwd.hidden).cpu()
             roll["old_logp"] = old * roll["mask"]
             if values is not None:
                 roll["old_values"] = values * roll["mask"]
         with autocast(device, self.dtype):
-            roll["ref_logp"] = shared_prompt_logps(self.ref, roll["input_ids"], roll["mask"], self.cfg.temperature,
-                                                   device)
+            ids, mask = roll["input_ids"].to(device), roll["mask"].to(device)
+            ref = policy_forward(self.ref, ids, mask, self.cfg.temperature).logp.float().cpu()
+        roll["ref_logp"] = ref * roll["mask"]
 
     def plan(self, N: int) -> list[list[list[int]]]:
         """Row indices of every optimizer step of this rollout, each a list of micro-batches."""
