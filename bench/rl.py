@@ -268,7 +268,8 @@ def main():
     print(f"\n| a rollout of agentic prompts ({roll[0]['rows']} rows) | tok/s | vs engine_sampler |\n|---|---|---|")
     for r in roll:
         print(f"| {r['setup']} | {r['tok/s']:.0f} | {r['vs engine_sampler']:.2f}x |")
-    print("\n| GRPO micro-batch: loss, forward and backward | rows | tokens computed | s | vs plain |\n|---|---|---|---|---|")
+    print("\n| GRPO micro-batch: loss, forward and backward | rows | tokens computed | s | vs plain |\n"
+          "|---|---|---|---|---|")
     for r in fwd:
         if r["seconds"] == r["seconds"]:
             print(f"| {r['prompts']}, {r['forward']} | {r['rows']} | {r['tokens computed']} | {r['seconds']:.2f} | "

@@ -144,16 +144,16 @@ def test_reference_logprobs_run_each_prompt_once_and_equal_a_full_forward(sft, p
 def test_training_forward_runs_each_prompt_once_with_the_full_forwards_loss_and_gradients(
         sft, prompts, corpus, agent, algo):
     """The loss of a micro-batch whose rows share prompts, with each prompt run once, equals the loss of
-    the plain forward over whole rows, and so do its gradients and metrics (after an update, so the
+    the plain forward over whole rows, and so do its gradients and metrics (the policy moved off pi_old, so the
     ratios are not 1 and the clipping acts)."""
     objective = {"grpo": GRPO(beta=0.05, eps_low=0.01, eps_high=0.01), "cispo": CISPO(beta=0.05, eps_high=0.01)}[algo]
     roll, src, policy, _ = agentic_or_plain_rollout(sft, prompts, corpus, agent, objective)
     src.cfg.minibatches = 2  # two optimizer steps a rollout: log pi_old is scored, then the policy moves
     src.buffer = src.make_rollout()
-    first = src.buffer[0]
-    loss, _ = objective.loss(policy, first)
-    loss.backward()
-    torch.optim.SGD(policy.parameters(), lr=1.0).step()
+    torch.manual_seed(0)
+    with torch.no_grad():  # the policy moves away from pi_old, as after the rollout's first step
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     from minimind.train.rl.forward import prompt_groups
 
     batch = src.buffer[1]
@@ -209,6 +209,25 @@ def test_prompt_sharing_forward_on_hand_made_rows(moe):
     assert (shared.aux_loss is not None) == moe and (not moe or torch.isfinite(shared.aux_loss))
     alone = policy_forward(model, ids[[0, 3]], mask[[0, 3]], 0.8)  # no two rows share a prompt
     assert alone.hidden is not None
+
+
+def test_micro_batches_keep_groups_whole_and_sum_to_the_one_batch_step(sft, prompts):
+    """With --micro-batches 2 each micro-batch holds whole groups (each prompt runs once in it), and the
+    step's gradient (each micro-batch's loss / 2, as the engine accumulates) equals one micro-batch's."""
+    from minimind.train.rl.forward import prompt_groups
+
+    grads = []
+    for A in (1, 2):
+        src, policy, _ = source(sft, prompts, GRPO(beta=0.05), LengthReward(), micro_batches=A)
+        batches = src.make_rollout()
+        assert len(batches) == A
+        for b in batches:
+            assert sorted(len(rows) for _, rows in prompt_groups(b["input_ids"], b["mask"])) == [4] * (4 // A)
+            loss, _ = src.objective.loss(policy, b)
+            (loss / A).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
 def test_zero_variance_groups_are_dropped_and_refilled(sft, prompts):

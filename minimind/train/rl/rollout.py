@@ -19,7 +19,8 @@ dry it makes a rollout with the *current* policy:
        micro-batches the engine will train on (same shapes, same kernels: the first ratio is exactly 1)
     6. objective.advantages(...) fills A (and PPO's returns)
     7. cut the rollout into `minibatches` optimizer steps per epoch, for `ppo_epochs` epochs (rows
-       reshuffled each epoch); every optimizer step is `micro_batches` engine micro-batches
+       reshuffled each epoch: whole groups for group objectives, so a group's prompt runs once in a
+       micro-batch, forward.py); every optimizer step is `micro_batches` engine micro-batches
 
 and then hands out one micro-batch per `next()`. The engine's `grad_accum` must equal
 `micro_batches` (the RL command sets it). After the first optimizer step of a rollout the policy
@@ -259,8 +260,26 @@ class RolloutSource:
                 "group_size": self.group, "keys": [r["key"] for r in kept["records"]]}
 
     def micro_slices(self, rows: list[int]) -> list[list[int]]:
-        A = self.cfg.micro_batches
-        return [rows[i::A] for i in range(A)] if A > 1 else [rows]
+        """A step's rows cut into `micro_batches` parts of sizes differing by at most one; contiguous, so
+        the rows of a group stay together where `shuffled_rows` kept them together."""
+        A, n = self.cfg.micro_batches, len(rows)
+        return [rows[i * n // A:(i + 1) * n // A] for i in range(A)]
+
+    def groups_together(self) -> bool:
+        """Whether rows are shuffled by whole groups: each group's prompt then runs once in a micro-batch
+        (forward.py), where a shuffle of single rows would scatter a group over micro-batches."""
+        return self.group > 1 and getattr(self.objective, "share_prompts", False)
+
+    def shuffled_rows(self, rng: random.Random, N: int) -> list[int]:
+        """The rollout's rows (laid out group by group) in a random order: whole groups shuffled, rows kept
+        in their group (groups_together), or single rows."""
+        if self.groups_together():
+            groups = [list(range(g, min(g + self.group, N))) for g in range(0, N, self.group)]
+            rng.shuffle(groups)
+            return [i for g in groups for i in g]
+        rows = list(range(N))
+        rng.shuffle(rows)
+        return rows
 
     @staticmethod
     def width(mask, rows) -> int:
@@ -300,8 +319,7 @@ class RolloutSource:
         rng = random.Random(self.seed * 31 + self.rollouts)
         steps = []
         for _ in range(self.cfg.ppo_epochs):
-            rows = list(range(N))
-            rng.shuffle(rows)
+            rows = self.shuffled_rows(rng, N)
             per = -(-N // self.cfg.minibatches)
             for m in range(self.cfg.minibatches):
                 part = rows[m * per:(m + 1) * per]
