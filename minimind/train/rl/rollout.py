@@ -289,29 +289,30 @@ class RolloutSource:
 
     @torch.no_grad()
     def score_tokens(self, roll: dict, device) -> None:
-        """old_logp (and PPO's old_values) of every row, by the objective's own forward in the training
-        micro-batches' shapes, so the first ratio is exactly 1; ref_logp by the same forward over the whole
-        rollout (each group's prompt run once: forward.py). With one optimizer step per rollout and an
-        objective that reads log pi_old only in its loss, the policy's pass is skipped: the loss takes it
-        from its own forward (objectives.PolicyGradient.old_logp)."""
-        if self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first:
-            old = torch.zeros_like(roll["mask"])
-            values = torch.zeros_like(roll["mask"]) if hasattr(self.objective, "values") else None
-            for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
-                T = self.width(roll["mask"], chunk)
-                b = {"input_ids": roll["input_ids"][chunk][:, :T].to(device),
-                     "mask": roll["mask"][chunk][:, :T - 1].to(device)}
-                with autocast(device, self.dtype):
+        """log pi_old (and PPO's old_values) and log pi_ref of every row, in the training micro-batches (so
+        memory stays what training needs, and a group's prompt runs once: forward.py). log pi_old comes
+        from the objective's own forward in those very shapes, so the first ratio is exactly 1. With one
+        optimizer step per rollout and an objective that reads log pi_old only in its loss, the policy's
+        pass is skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
+        score_old = self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first
+        values = torch.zeros_like(roll["mask"]) if score_old and hasattr(self.objective, "values") else None
+        old, ref = torch.zeros_like(roll["mask"]), torch.zeros_like(roll["mask"])
+        for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
+            T = self.width(roll["mask"], chunk)
+            b = {"input_ids": roll["input_ids"][chunk][:, :T].to(device),
+                 "mask": roll["mask"][chunk][:, :T - 1].to(device)}
+            with autocast(device, self.dtype):
+                if score_old:
                     fwd = self.objective.forward(self.policy, b)
                     old[chunk, :T - 1] = fwd.logp.float().cpu()
                     if values is not None:
                         values[chunk, :T - 1] = self.objective.values(fwd.hidden).cpu()
+                ref[chunk, :T - 1] = policy_forward(self.ref, b["input_ids"], b["mask"],
+                                                    self.cfg.temperature).logp.float().cpu()
+        if score_old:
             roll["old_logp"] = old * roll["mask"]
-            if values is not None:
-                roll["old_values"] = values * roll["mask"]
-        with autocast(device, self.dtype):
-            ids, mask = roll["input_ids"].to(device), roll["mask"].to(device)
-            ref = policy_forward(self.ref, ids, mask, self.cfg.temperature).logp.float().cpu()
+        if values is not None:
+            roll["old_values"] = values * roll["mask"]
         roll["ref_logp"] = ref * roll["mask"]
 
     def plan(self, N: int) -> list[list[list[int]]]:
