@@ -16,8 +16,8 @@ gradient is the same too: backpropagation through a value used by G rows adds th
 is what the G copies of x received. Float rounding differs (other matrix shapes): within 1e-5 in fp32,
 tests/test_rl.py. Tokens computed: sum_g (|x_g| + G S_g) instead of sum_g G (|x_g| + S_g).
 
-The same function scores log pi_old (no gradient, the training micro-batches' very shapes, so the first
-ratio is exactly 1) and log pi_ref (the frozen reference, whole rollout at once).
+The same function, without gradients and in the training micro-batches' very shapes, scores log pi_old
+(so the first ratio is exactly 1) and log pi_ref (the frozen reference).
 """
 
 from __future__ import annotations
