@@ -44,7 +44,6 @@ import torch.distributed as dist
 from ...errors import UserError
 from ...runtime import autocast
 from .forward import policy_forward
-from .losses import token_logps
 from .objectives import sequence_drift_kl
 
 
@@ -265,15 +264,11 @@ class RolloutSource:
         A, n = self.cfg.micro_batches, len(rows)
         return [rows[i * n // A:(i + 1) * n // A] for i in range(A)]
 
-    def groups_together(self) -> bool:
-        """Whether rows are shuffled by whole groups: each group's prompt then runs once in a micro-batch
-        (forward.py), where a shuffle of single rows would scatter a group over micro-batches."""
-        return self.group > 1 and getattr(self.objective, "share_prompts", False)
-
     def shuffled_rows(self, rng: random.Random, N: int) -> list[int]:
-        """The rollout's rows (laid out group by group) in a random order: whole groups shuffled, rows kept
-        in their group (groups_together), or single rows."""
-        if self.groups_together():
+        """The rollout's rows (laid out group by group) in a random order. Group objectives that share
+        prompts shuffle whole groups, rows kept in their group, so each group's prompt runs once in a
+        micro-batch (forward.py) instead of being scattered over several; others shuffle single rows."""
+        if self.group > 1 and self.objective.share_prompts:
             groups = [list(range(g, min(g + self.group, N))) for g in range(0, N, self.group)]
             rng.shuffle(groups)
             return [i for g in groups for i in g]
@@ -295,21 +290,22 @@ class RolloutSource:
         optimizer step per rollout and an objective that reads log pi_old only in its loss, the policy's
         pass is skipped: the loss takes it from its own forward (objectives.PolicyGradient.old_logp)."""
         score_old = self.cfg.steps_per_rollout > 1 or self.objective.needs_old_logp_first
+        old = torch.zeros_like(roll["mask"]) if score_old else None
         values = torch.zeros_like(roll["mask"]) if score_old and hasattr(self.objective, "values") else None
-        old, ref = torch.zeros_like(roll["mask"]), torch.zeros_like(roll["mask"])
+        ref = torch.zeros_like(roll["mask"])
         for chunk in self.plan_chunks(roll["input_ids"].shape[0]):
             T = self.width(roll["mask"], chunk)
             b = {"input_ids": roll["input_ids"][chunk][:, :T].to(device),
                  "mask": roll["mask"][chunk][:, :T - 1].to(device)}
             with autocast(device, self.dtype):
-                if score_old:
+                if old is not None:
                     fwd = self.objective.forward(self.policy, b)
                     old[chunk, :T - 1] = fwd.logp.float().cpu()
                     if values is not None:
                         values[chunk, :T - 1] = self.objective.values(fwd.hidden).cpu()
                 ref[chunk, :T - 1] = policy_forward(self.ref, b["input_ids"], b["mask"],
                                                     self.cfg.temperature).logp.float().cpu()
-        if score_old:
+        if old is not None:
             roll["old_logp"] = old * roll["mask"]
         if values is not None:
             roll["old_values"] = values * roll["mask"]
@@ -376,9 +372,9 @@ class RolloutSource:
     def measure_drift(self, device) -> None:
         if self.probe is None or not hasattr(self.objective, "record_drift"):
             return
-        ids = self.probe["input_ids"].to(device)
+        ids, mask = self.probe["input_ids"].to(device), self.probe["mask"].to(device)
         with autocast(device, self.dtype):
-            now = token_logps(self.policy(ids[:, :-1]).logits, ids[:, 1:], self.cfg.temperature).cpu()
+            now = policy_forward(self.policy, ids, mask, self.cfg.temperature, share=False).logp.float().cpu()
         self.objective.record_drift(sequence_drift_kl(self.probe["logp"], now * self.probe["mask"],
                                                       self.probe["mask"]))
 
