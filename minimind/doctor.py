@@ -155,7 +155,8 @@ def format_report(r: dict) -> str:
         lines += [f"matmul     fp32 {s['matmul_fp32_gflops']:,.0f} GFLOP/s | bf16 {s['matmul_bf16_gflops']:,.1f} GFLOP/s"
                   "   (training, prefill; n=1024, time-bounded)",
                   f"gemv       fp32 {s['gemv_fp32_gbps']:.1f} GB/s | bf16 {s['gemv_bf16_gbps']:.1f} GB/s"
-                  "   (batch-1 decoding)"]
+                  f"   (batch-1 decoding, 256 MB of fp32 weights: bf16 weights "
+                  f"{2 * s['gemv_bf16_gbps'] / max(s['gemv_fp32_gbps'], 1e-9):.1f}x as many per second)"]
     lines += [f"bf16       {_bf16_verdict(r)}",
               f"dtypes     --dtype auto trains in {r['train_dtype']}; inference runs in {r['inference_dtype']}",
               f"compile    {r['compile']}"]

@@ -230,18 +230,35 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, device="cpu", budget_s: flo
     return 2 * n**3 / timed(step, budget_s) / 1e9
 
 
-def gemv_gbps(dtype: torch.dtype, rows: int = 4096, cols: int = 1024, device="cpu", budget_s: float = 0.3) -> float:
-    """GB/s of weight bytes streamed by a (1 x cols) @ (cols x rows) product: batch-1 decoding's shape."""
+def gemv_seconds(dtype: torch.dtype, rows: int, cols: int, count: int = 1, device="cpu",
+                 budget_s: float = 0.3) -> float:
+    """Best seconds for `count` (1 x cols) @ (cols x rows) products, each with its own weight matrix.
+
+    Batch-1 decoding multiplies one row vector by every weight matrix of the model once per token.
+    Where those matrices outgrow the CPU's caches they stream from memory, and then the dtype with
+    fewer bytes wins (bf16 moves half of fp32's); where they fit, the faster kernel wins (on CPUs
+    without bf16 units, fp32). So give `count` matrices the model's weight count, not one.
+    Time-bounded: a slow (emulated) dtype stops after one pass."""
     device = torch.device(device)
     w = torch.randn(rows, cols, device=device).to(dtype)
+    ws = [w] + [w.clone() for _ in range(count - 1)]  # distinct memory: nothing stays cached
     x = torch.randn(1, cols, device=device).to(dtype)
     sync = _sync(device)
 
     def step():
-        torch.nn.functional.linear(x, w)
+        for m in ws:
+            torch.nn.functional.linear(x, m)
         sync()
 
-    return w.numel() * w.element_size() / timed(step, budget_s) / 1e9
+    return timed(step, budget_s)
+
+
+def gemv_gbps(dtype: torch.dtype, rows: int = 4096, cols: int = 1024, count: int = 16, device="cpu",
+              budget_s: float = 0.3) -> float:
+    """GB/s of weight bytes streamed by batch-1 decoding's products, over `count` matrices of
+    (rows x cols) (16 x 4M weights: 256 MB in fp32, more than a CPU's last-level cache)."""
+    elem = torch.finfo(dtype).bits // 8
+    return count * rows * cols * elem / gemv_seconds(dtype, rows, cols, count, device, budget_s) / 1e9
 
 
 def cpu_flags() -> set[str]:

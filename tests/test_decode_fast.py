@@ -47,6 +47,40 @@ def test_decode_weights_are_measured_once_and_cached(tok, tmp_path, monkeypatch)
     assert decode.choose_decode_weights(model, "auto") == "int8"
 
 
+def test_streamed_weights_count_what_one_decode_step_reads(tok):
+    """Every matrix once: the untied embedding is gathered (one row), not streamed; a tied one is
+    the output head; of a MoE layer's routed experts only num_experts_per_tok are read."""
+    untied = tiny(tok)
+    h, inter, v, L = 64, untied.config.intermediate_size, tok.vocab_size, 2
+    kv = untied.config.num_key_value_heads * untied.config.head_dim
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+    assert decode.streamed_weights(untied) == L * per_layer + v * h
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True, num_experts=4, num_experts_per_tok=1)
+    moe = MiniMindForCausalLM(cfg)
+    f = cfg.moe_intermediate_size
+    assert decode.streamed_weights(moe) == L * (2 * h * h + 2 * h * kv + 3 * h * f + 4 * h) + v * h  # 1 of 4 experts + router
+
+
+def test_decode_weights_are_timed_over_the_models_size(tok, tmp_path, monkeypatch):
+    """The products are timed over as many weights as the model has (in matrices of its widest
+    layer): one hot matrix sits in the cache, where fp32 can win on a CPU that bf16 weights would
+    make faster for a model that streams from memory. A model of another size is measured again."""
+    monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINIMIND_DECODE_WEIGHTS", raising=False)
+    calls = []
+    monkeypatch.setattr(decode, "gemv_seconds", lambda dtype, rows, cols, count: calls.append((rows, cols, count))
+                        or (1.0 if dtype == torch.float32 else 0.5))
+    small, large = tiny(tok, layers=2), tiny(tok, layers=8)
+    for model in (small, large):
+        assert decode.choose_decode_weights(model, "auto") == "bf16"
+    shape = (small.config.intermediate_size, 64)
+    want = [round(decode.streamed_weights(m) / (shape[0] * shape[1])) for m in (small, large)]
+    assert want[1] > want[0] >= 1
+    assert calls == [(*shape, want[0])] * 2 + [(*shape, want[1])] * 2
+    assert len(json.loads((tmp_path / "decode_weights.json").read_text())) == 2
+
+
 @pytest.mark.parametrize("bf16_matmul,want", [("slow", torch.float32), ("fast", torch.bfloat16)])
 def test_machine_class_can_be_forced(monkeypatch, bf16_matmul, want):
     monkeypatch.setenv("MINIMIND_BF16_MATMUL", bf16_matmul)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import fuse_projections
-from ..runtime import cpu_has_fast_bf16, machine_info, timed
+from ..runtime import cpu_has_fast_bf16, gemv_seconds, machine_info
 from ..runtime import inference_dtype as runtime_inference_dtype
 
 log = logging.getLogger("minimind.decode")
@@ -76,20 +76,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINIMIND_CACHE") or Path.home() / ".cache" / "minimind")
 
 
-def gemv_seconds(dtype: torch.dtype, rows: int, cols: int, budget_s: float = 0.3) -> float:
-    """Best time of one (1 x cols) @ (cols x rows) product in `dtype` (time-bounded: an emulated
-    dtype stops after one call)."""
-    w = torch.randn(rows, cols).to(dtype)
-    x = torch.randn(1, cols).to(dtype)
-    return timed(lambda: torch.nn.functional.linear(x, w), budget_s)
+STREAM_CAP = 64 * 2**20  # weights timed at most (256 MB in fp32): enough to outgrow any cache
 
 
-def measured_decode_weights(config) -> str:
-    """fp32 or bf16 for an fp32 model's decode weights on this CPU: the faster matrix-vector
-    product over the model's widest layer, measured once and cached per machine and shape."""
-    info = machine_info()
+def streamed_weights(model) -> int:
+    """How many weights one batch-1 decode step reads: every matrix once (the output head
+    included; an untied input embedding only has one row read per token; of a MoE layer's routed
+    experts, num_experts_per_tok)."""
+    embed, cfg = model.model.embed_tokens.weight, model.config
+    tied = model.lm_head.weight is embed
+    routed = cfg.num_experts_per_tok / cfg.num_experts if cfg.num_experts else 1.0
+    n = 0.0
+    for name, p in model.named_parameters():  # a tied matrix is listed once
+        if p.dim() == 2 and (tied or p is not embed):
+            n += p.numel() * (routed if ".experts." in name else 1.0)
+    return int(n)
+
+
+def measured_decode_weights(model) -> str:
+    """fp32 or bf16 for an fp32 model's decode weights on this CPU: the faster of the two for
+    matrix-vector products over as many weights as the model has, in matrices of its widest
+    layer's shape (so a model larger than the caches is timed streaming from memory, as it
+    decodes), measured once and cached per machine, shape and size."""
+    config, info = model.config, machine_info()
     shape = (config.intermediate_size or config.hidden_size * 4, config.hidden_size)
-    key = f"{info['cpu']}|{','.join(info['flags'])}|torch {info['torch']}|{info['threads']} threads|{shape}"
+    count = max(1, round(min(streamed_weights(model), STREAM_CAP) / (shape[0] * shape[1])))
+    key = (f"{info['cpu']}|{','.join(info['flags'])}|torch {info['torch']}|{info['threads']} threads|"
+           f"{shape} x {count}")
     path = cache_dir() / "decode_weights.json"
     try:
         known = json.loads(path.read_text())
@@ -97,7 +110,7 @@ def measured_decode_weights(config) -> str:
         known = {}
     if key in known:
         return known[key]["choice"]
-    t = {name: gemv_seconds(DTYPES[name], *shape) for name in ("fp32", "bf16")}
+    t = {name: gemv_seconds(DTYPES[name], *shape, count) for name in ("fp32", "bf16")}
     choice = min(t, key=t.get)
     known[key] = {"choice": choice, "seconds": t}
     try:
@@ -107,7 +120,8 @@ def measured_decode_weights(config) -> str:
         tmp.replace(path)
     except OSError as e:  # a read-only home: measure again next time
         log.warning("could not cache the decode format in %s: %s", path, e)
-    log.info("decode weights: %s (GEMV %s)", choice, {k: f"{v * 1e6:.0f} us" for k, v in t.items()})
+    log.info("decode weights: %s (%d GEMVs of %s: %s)", choice, count, shape,
+             {k: f"{v * 1e6:.0f} us" for k, v in t.items()})
     return choice
 
 
@@ -126,7 +140,7 @@ def choose_decode_weights(model, requested: str = "auto") -> str:
         return requested
     if p.device.type != "cpu" or p.dtype != torch.float32:
         return "model"  # GPU, or already bf16 because bf16 is fast here
-    return measured_decode_weights(model.config)
+    return measured_decode_weights(model)
 
 
 def decode_model(model, weights: str):
