@@ -1,6 +1,6 @@
 """Decode and prefill throughput of the generation engine vs llama.cpp, on the reference MiniMind shape.
 
-    python bench/decode.py [--new 128] [--formats fp32,bf16,int8] [--llama-formats f32,f16,q8_0] [--no-llama]
+    python bench/decode.py [--new 128] [--formats auto,fp32,bf16,int8] [--llama-formats f32,f16,q8_0] [--no-llama]
 
 The model is the reference MiniMind small shape built in our code (hidden 512, 8 layers, 8/2 heads,
 MLP 1664, vocabulary 6400 of the built-in corpus's tokenizer: 29.0M parameters), random weights
@@ -136,7 +136,8 @@ def _llama_child(path: str, prompt: list[int], new: int, threads: int, repack: b
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--new", type=int, default=128, help="new tokens per row (default 128)")
-    ap.add_argument("--formats", default="fp32,bf16,int8", help="decode weight formats (infer/decode.py)")
+    ap.add_argument("--formats", default="auto,fp32,bf16,int8",
+                    help="decode weight formats (infer/decode.py; auto: the one chat and serve pick here)")
     ap.add_argument("--compile", default="on", choices=["on", "off"], help="the fused decode step (default on)")
     ap.add_argument("--budget", type=float, default=60, help="seconds allowed per measurement")
     ap.add_argument("--llama-formats", default="f32,f16,q8_0", help="llama.cpp GGUF formats to compare")
@@ -161,7 +162,8 @@ def main():
         for length in PROMPTS:
             for batch in BATCHES:
                 r = ours(engine, length, batch, args.new, args.budget)
-                rows.append({"engine": "minimind", "weights": fmt, "step": engine.step_fn.name, "prompt": length,
+                label = f"auto ({engine.decode_weights})" if fmt == "auto" else fmt  # what chat/serve pick
+                rows.append({"engine": "minimind", "weights": label, "step": engine.step_fn.name, "prompt": length,
                              "batch": batch, **r, "setup s": setup})
                 print(rows[-1], flush=True)
         del engine, model

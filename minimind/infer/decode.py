@@ -156,7 +156,7 @@ def decode_model(model, weights: str):
     if weights == "int8":
         from .quant import quantize_int8
 
-        # the residual stream stays fp32 (the products still run in bf16 where that is fast,
+        # the residual stream stays fp32 (the products still run on bf16 activations,
         # quant.py): a lone row's graph is then exact (CompiledStep) and a batch-1 step measured
         # 1.25-1.4x faster than with a bf16 residual stream on a Xeon with AMX (bench/RESULTS.md)
         quantize_int8(copy_.float())

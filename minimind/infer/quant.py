@@ -2,8 +2,9 @@
 
 Generating one token at batch 1 multiplies a single row vector by every weight matrix once, so its
 speed is bounded by how fast the weights stream from memory, not by arithmetic. Storing the
-weights in int8 moves a quarter of the fp32 bytes (half of bf16); the activations stay in the
-model's dtype. Per output channel n (a row of W, shape (N, K)):
+weights in int8 moves a quarter of the fp32 bytes (half of bf16); a layer takes and returns the
+model's dtype, and the product inside runs on bf16 activations (the kernel's fast path on every
+CPU). Per output channel n (a row of W, shape (N, K)):
 
     s_n     = max_k |W_nk| / 127                          one scale per row
     Q_nk    = round(W_nk / s_n)      in [-127, 127]       int8
@@ -25,7 +26,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..runtime import cpu_has_fast_bf16
 
 QUANT_MODES = ("none", "int8")
 
@@ -67,8 +67,9 @@ def quantize_int8(model) -> int:
         raise UserError(f"--quantize int8 runs on CPU only (this model is on {dev}); use --quantize none",
                         param="quantize")
     dtype = next(model.parameters()).dtype
-    if dtype == torch.float32 and cpu_has_fast_bf16():
-        # the kernel's fp32 path is 3x slower than its bf16 one (bench/RESULTS.md): products in bf16
+    if dtype == torch.float32:
+        # the kernel's fp32 path is 3x slower than its bf16 one on CPUs with AVX-512 bf16, 8.5x
+        # on AVX2-only ones (bench/RESULTS.md): the products run in bf16, the layers return fp32
         dtype = torch.bfloat16
     if model.lm_head.weight is model.model.embed_tokens.weight:  # tied: the head gets its own int8 copy
         model.lm_head = nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
@@ -91,5 +92,5 @@ def apply_quantization(model, mode: str):
 
 def add_quantize_arg(g) -> None:
     g.add_argument("--quantize", default="none", choices=list(QUANT_MODES),
-                   help="int8: int8 weights for the linear layers, ~1.7x faster batch-1 decoding on CPU "
-                        "(see bench/RESULTS.md)")
+                   help="int8: int8 weights for the linear layers, faster decoding on CPU (batch 1: ~1.7x bf16 "
+                        "with AVX-512 bf16, ~1.8x bf16 and 3.6x fp32 on AVX2 only; see bench/RESULTS.md)")
