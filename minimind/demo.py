@@ -73,6 +73,7 @@ README_RESULTS = {  # the default 10-minute demo, per machine class (the README'
     "bf16": {"label": "2-core bf16 CPU", "fact": 0.74, "add": 1.0, "identity": 0.98, "tool": 0.02},
 }
 README_RESULTS_LONG = {  # `demo --long` (30 minutes)
+    "fp32": {"label": "2-core AVX2 CPU, fp32, --long", "fact": 0.72, "add": 1.0, "identity": 0.93, "tool": 0.02},
     "bf16": {"label": "2-core bf16 CPU, --long", "fact": 0.73, "add": 1.0, "identity": 1.0, "tool": 0.05},
 }
 

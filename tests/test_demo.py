@@ -91,7 +91,7 @@ def test_learned_table_shows_the_readme_numbers_of_the_machine_class():
     text = demo.learned_table(acc, "bf16", minutes=30)
     assert long["label"] in text and f"{long['add']:.0%}" in text and "minute run" not in text
     assert "10-minute run; this one had 20" in demo.learned_table(acc, "bf16", minutes=20)
-    assert "no README numbers for a --long run on a fp32" in demo.learned_table(acc, "fp32", minutes=30)
+    assert "no README numbers for a --long run on a mps" in demo.learned_table(acc, "mps", minutes=30)
 
 
 def test_readme_states_the_numbers_the_demo_compares_against():
