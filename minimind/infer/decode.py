@@ -8,9 +8,10 @@ in different formats (gpt-fast, pytorch-labs 2023, shows the same recipe in plai
 
     prefill   the loaded model: bf16 where this CPU/GPU multiplies bf16 matrices fast, else fp32
               (a CPU without bf16 units emulates bf16 matmuls ~100x slower)
-    decode    bf16 weights (half the bytes of fp32) wherever a bf16 matrix-vector product is faster
-              than fp32 -- measured once per machine and cached on disk, because CPUs without
-              bf16 matrix units still stream bf16 weights faster --, or int8 weights on request
+    decode    bf16 weights (half the bytes of fp32) wherever bf16 matrix-vector products over as
+              many weights as the model has are faster than fp32 -- measured once per machine and
+              model size and cached on disk, because CPUs without bf16 matrix units still stream
+              bf16 weights faster once they outgrow the cache --, or int8 weights on request
               (`--quantize int8`, a quarter of the bytes, see quant.py; its residual stream stays fp32)
 
 Both phases share one KV cache (stored in the decode model's dtype). The step itself runs as:
