@@ -124,8 +124,8 @@ def test_exported_reward_model_scores_the_same_in_transformers(tok, tmp_path):
 
     rm = tiny_rm(tok, seed=3)
     save_checkpoint(tmp_path / "rm", rm, tok)
-    model, _, center = load_reward_model(tmp_path / "rm")
-    assert center == 0.0 and model.config.num_labels == 1
+    model, _, meta = load_reward_model(tmp_path / "rm")
+    assert meta == {"score_center": 0.0, "kind": "head"} and model.config.num_labels == 1
     export_hf(tmp_path / "rm", tmp_path / "hf")
     records = [rec("What is 2 + 3?", "5"), rec("法国的首都是哪里？", "巴黎")]
     replies = [{"content": "2 + 3 = 5."}, {"content": "法国的首都是巴黎。"}]
@@ -181,5 +181,136 @@ def test_cli_reward_train_writes_a_reward_model(corpus, tok, tmp_path, capsys):
         wins += logp[0] > logp[1]
     assert f"own likelihood ranks right (sum of the reply's token log-probs): {wins / 16:.1%} (16 pairs)" in out
     assert f"the --init model's own likelihood: {wins / 16:.1%})" in out
-    model, _, center = load_reward_model(tmp_path / "rm")
-    assert model.config.num_labels == 1 and center != 0.0
+    model, _, meta = load_reward_model(tmp_path / "rm")
+    assert model.config.num_labels == 1 and meta["kind"] == "head" and meta["score_center"] != 0.0
+
+
+# ----------------------------------------------------------------------------- the likelihood reward model
+
+def tiny_lm(tok, seed=0):
+    from minimind.model import MiniMindForCausalLM
+
+    cfg = tiny_rm(tok).config
+    cfg.num_labels = 0
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(cfg)
+
+
+def reply_mean_logp(lm, tok, conv) -> float:
+    """Mean log-prob of the last message's trained tokens, by hand from the full rendering."""
+    ids, mask = render_chat(tok, conv)
+    start = len(render_chat(tok, conv[:-1])[0])  # the last message starts after the earlier turns
+    with torch.no_grad():
+        lp = lm(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
+    terms = [lp[i - 1, ids[i]].item() for i in range(start, len(ids)) if mask[i]]
+    assert len(terms) >= 2
+    return sum(terms) / len(terms)
+
+
+def dpo_batch(tok, pairs):
+    """A DPOLoader-shaped batch of (chosen, rejected) conversations: inputs without the last token."""
+    rows = [render_chat(tok, c) for pair in pairs for c in pair]
+    width = max(len(ids) for ids, _ in rows) - 1
+    ids = torch.full((len(rows), width), tok.pad_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, (r, m) in enumerate(rows):
+        ids[i, :len(r) - 1] = torch.tensor(r[:-1])
+        labels[i, :len(r) - 1] = torch.tensor([t if k else -100 for t, k in zip(r[1:], m[1:])])
+    return {"chosen_input_ids": ids[0::2], "rejected_input_ids": ids[1::2], "chosen_labels": labels[0::2],
+            "rejected_labels": labels[1::2], "n_tokens": torch.tensor(int((labels != -100).sum()))}
+
+
+def test_likelihood_reward_is_beta_times_the_replys_mean_log_prob(tok):
+    from minimind.reward.model import LikelihoodBradleyTerry
+
+    lm = tiny_lm(tok, seed=4)
+    q = {"role": "user", "content": "What is 2 + 3?"}
+    pairs = [([q, {"role": "assistant", "content": "2 + 3 = 5."}],
+              [q, {"role": "assistant", "content": "2 + 3 = 6, I think."}]),
+             ([q, {"role": "assistant", "content": "5"}], [q, {"role": "assistant", "content": "It is 5."}])]
+    obj = LikelihoodBradleyTerry(beta=2.5)
+    loss, m = obj.loss(lm, dpo_batch(tok, pairs))
+    r = [[2.5 * reply_mean_logp(lm, tok, c) for c in pair] for pair in pairs]
+    want = sum(-math.log(1 / (1 + math.exp(-(w - l_)))) for w, l_ in r) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert m["margin"].item() == pytest.approx(sum(w - l_ for w, l_ in r) / 2, rel=1e-5, abs=1e-6)
+    assert m["pair_acc"].item() == sum(w > l_ for w, l_ in r) / 2
+    loss.backward()
+    assert lm.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_native_likelihood_reward_scores_the_last_reply_only(tok, tmp_path):
+    """A saved likelihood reward model scores sigmoid(beta * mean log p(last reply) - center), and a
+    batch of conversations of different lengths scores each as it scores alone."""
+    from minimind.checkpoint import save_checkpoint
+    from minimind.reward.model import save_reward_meta
+
+    lm = tiny_lm(tok, seed=5)
+    save_checkpoint(tmp_path / "rm", lm, tok)
+    save_reward_meta(tmp_path / "rm", center=-7.0, kind="likelihood", beta=3.0)
+    rm = NativeReward(tmp_path / "rm", batch_size=2)
+    model, _, meta = load_reward_model(tmp_path / "rm")
+    assert meta == {"score_center": -7.0, "kind": "likelihood", "beta": 3.0} and model.config.num_labels == 0
+    records = [{"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+                                  {"role": "user", "content": "What is 2 + 3?"}]},
+               rec("法国的首都是哪里？", "巴黎"), rec("What is 2 + 3?", "5")]
+    replies = [{"content": "2 + 3 = 5."}, {"content": "法国的首都是巴黎。"}, {"content": "5"}]
+    rewards, parts = rm.score(records, replies)
+    for r, y, got, raw in zip(records, replies, rewards, parts["rm_score"]):
+        conv = r["conversations"] + [{"role": "assistant", "content": y["content"]}]
+        want = 3.0 * reply_mean_logp(lm, tok, conv)
+        assert raw == pytest.approx(want, rel=1e-4)
+        assert got == pytest.approx(1 / (1 + math.exp(-(want + 7.0))), rel=1e-4)
+
+
+def test_likelihood_reward_model_exports_as_a_causal_lm(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from minimind.checkpoint import save_checkpoint
+    from minimind.export.hf import export_hf
+    from minimind.reward.model import save_reward_meta
+
+    save_checkpoint(tmp_path / "rm", tiny_lm(tok, seed=6), tok)
+    save_reward_meta(tmp_path / "rm", center=-2.0, kind="likelihood", beta=5.0)
+    export_hf(tmp_path / "rm", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "reward.json").read_text()) == {
+        "score_center": -2.0, "kind": "likelihood", "beta": 5.0}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    conv = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+    native = NativeReward(tmp_path / "rm").raw_scores([conv])[0]
+    assert native == pytest.approx(5.0 * reply_mean_logp(hf, tok, conv), rel=1e-4)
+
+
+def test_bad_reward_json_is_one_clear_error(tok, tmp_path):
+    from minimind.checkpoint import save_checkpoint
+    from minimind.errors import UserError
+
+    save_checkpoint(tmp_path / "rm", tiny_lm(tok), tok)
+    (tmp_path / "rm" / "reward.json").write_text('{"score_center": 0, "kind": "likelihood"}')
+    with pytest.raises(UserError, match=r"reward\.json: not a reward-model description"):
+        load_reward_model(tmp_path / "rm")
+
+
+def test_cli_reward_train_likelihood_head(corpus, tok, tmp_path, capsys):
+    """--head likelihood: the printed held-out accuracy is what the saved model's NativeReward ranks."""
+    from minimind.checkpoint import save_checkpoint
+    from minimind.cli import main
+
+    save_checkpoint(tmp_path / "sft", tiny_lm(tok, seed=7), tok)
+    lines = (corpus / "dpo.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:48]) + "\n", encoding="utf-8")
+    (tmp_path / "held.jsonl").write_text("\n".join(lines[48:64]) + "\n", encoding="utf-8")
+    args = ["reward", "train", "--init", str(tmp_path / "sft"), "--data", str(tmp_path / "train.jsonl"),
+            "--eval-data", str(tmp_path / "held.jsonl"), "--out", str(tmp_path / "rm"), "--steps", "3",
+            "--batch-size", "8", "--max-seq-len", "128", "--dtype", "fp32", "--device", "cpu", "--no-progress"]
+    assert main(args + ["--head", "likelihood", "--lm-coef", "1"]) == 2
+    assert "--lm-coef is for --head scalar" in capsys.readouterr().err
+    assert main(args + ["--head", "likelihood", "--beta", "0"]) == 2
+    assert "--beta must be > 0" in capsys.readouterr().err
+    assert main(args + ["--head", "likelihood", "--beta", "4"]) == 0
+    out = capsys.readouterr().out
+    rm = NativeReward(tmp_path / "rm")
+    assert rm.kind == "likelihood" and rm.beta == 4.0 and rm.model.config.num_labels == 0
+    pairs = [json.loads(line) for line in lines[48:64]]
+    scores = rm.raw_scores([c for p in pairs for c in (p["chosen"], p["rejected"])])
+    wins = sum(w > l_ for w, l_ in zip(scores[0::2], scores[1::2]))
+    assert f"held-out pair accuracy {wins / 16:.1%} (16 pairs;" in out

@@ -336,3 +336,28 @@ def test_cli_runs_grpo_and_reports_bad_flags(sft, prompts, tmp_path, capsys):
     assert main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--temperature", "0"]) == 2
     assert "--temperature must be > 0" in capsys.readouterr().err
     assert main(["spo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rules", "answer=x"]) == 2
+
+
+def test_grpo_driven_by_a_likelihood_reward_model_alone(sft, prompts, tmp_path, capsys):
+    """--rules none --reward-model: a likelihood reward model (a causal LM + reward.json) is the only
+    reward; its raw score beta * mean log p is never positive and the reward is sigmoid(raw - center)."""
+    import math
+    import shutil
+
+    from minimind.cli import main
+    from minimind.reward.model import save_reward_meta
+
+    rm = tmp_path / "rm"
+    shutil.copytree(resolve_checkpoint(sft), rm)
+    save_reward_meta(rm, center=-4.0, kind="likelihood", beta=2.0)
+    out = tmp_path / "grpo"
+    rc = main(["grpo", "--init", str(sft), "--data", str(prompts), "--out", str(out), "--rollouts", "1",
+               "--prompts-per-rollout", "2", "--group-size", "2", "--max-new-tokens", "6", "--dtype", "fp32",
+               "--device", "cpu", "--no-progress", "--max-refills", "0", "--rules", "none",
+               "--reward-model", str(rm)])
+    assert rc == 0 and "done: reward" in capsys.readouterr().out
+    m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step = next(x for x in m if "reward/reward_model/rm_score" in x)
+    raw = step["reward/reward_model/rm_score"]
+    assert raw < 0 and step["reward"] == pytest.approx(step["reward/reward_model"])
+    assert 0 < step["reward"] < 1 / (1 + math.exp(-(0.0 + 4.0)))  # every raw score is <= 0

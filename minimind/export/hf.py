@@ -187,7 +187,7 @@ def export_hf(checkpoint, out_dir, dtype: str = "float32") -> Path:
         from ..reward.model import load_reward_model
 
         model, tok, _ = load_reward_model(ckpt)
-    else:
+    else:  # a language model, or a likelihood reward model (a language model with a reward.json)
         model, tok = load_checkpoint(ckpt)
     cfg = model.config
     config = hf_config(cfg, dtype)  # validates the mapping before anything is written
@@ -198,6 +198,10 @@ def export_hf(checkpoint, out_dir, dtype: str = "float32") -> Path:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     tok.save(out, model_max_length=cfg.max_position_embeddings)
     _write_json(out / "generation_config.json", generation_config(tok))
+    from ..reward.model import META_FILE, read_reward_meta
+
+    if meta := read_reward_meta(ckpt):  # a reward model's kind, beta and score centre travel with it
+        _write_json(out / META_FILE, meta)
     return out
 
 

@@ -7,6 +7,8 @@ the environment (reward/tools.py); the objectives do not change.
 
 from __future__ import annotations
 
+import math
+
 from ...errors import UserError
 
 ALGO_HELP = {
@@ -169,7 +171,7 @@ def add_rl_command(sub, algo: str) -> None:
 def cmd_reward_train(args):
     from ...checkpoint import load_checkpoint, resolve_checkpoint
     from ...data.loader import DPOLoader
-    from ...reward.model import BradleyTerry, RewardModel, pair_accuracy, save_center
+    from ...reward.model import BradleyTerry, LikelihoodBradleyTerry, RewardModel, pair_accuracy, save_reward_meta
     from ...runtime import Dist, seed_everything
     from ..dpo import preference_accuracy
     from ..run import prepared_data, run_config, run_training
@@ -178,13 +180,19 @@ def cmd_reward_train(args):
         raise UserError("reward train: pass --init CHECKPOINT (an SFT model: its trunk starts the reward model)")
     if args.lm_coef < 0:
         raise UserError(f"reward train: --lm-coef must be >= 0, got {args.lm_coef:g}")
+    if args.head == "likelihood" and args.lm_coef:
+        raise UserError("reward train: --lm-coef is for --head scalar (a likelihood reward model is a language "
+                        "model already); drop it")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise UserError(f"reward train: --beta must be > 0, got {args.beta:g}")
+    if args.lr is None:
+        args.lr = 1e-4 if args.head == "scalar" else 3e-5
     cfg = run_config(args, "reward")
     seed_everything(args.seed)
     lm, tok = load_checkpoint(args.init)
     if args.lm_coef and not lm.config.tie_word_embeddings:
         raise UserError("reward train: --lm-coef needs a model with tied embeddings (tie_word_embeddings); "
                         "pass --lm-coef 0")
-    suffix = tok.encode("\n")
 
     def loader(path):
         data = prepared_data(path, tok, "dpo", cfg.max_seq_len, cfg.on_bad_record, cfg.cache_dir, progress=False,
@@ -197,16 +205,21 @@ def cmd_reward_train(args):
         if Dist.from_env().is_main:
             print(f"held-out pairs the --init model's own likelihood ranks right (sum of the reply's token "
                   f"log-probs): {own['accuracy']:.1%} ({own['pairs']} pairs)")
-    rm = RewardModel.from_causal_lm(lm)
-    del lm
-    m = run_training(cfg, BradleyTerry(tok.pad_id, suffix, args.lm_coef), data_kind="dpo", model_and_tok=(rm, tok))
+    if args.head == "scalar":
+        objective, model = BradleyTerry(tok.pad_id, tok.encode("\n"), args.lm_coef), RewardModel.from_causal_lm(lm)
+        del lm
+    else:
+        objective, model = LikelihoodBradleyTerry(args.beta), lm
+    m = run_training(cfg, objective, data_kind="dpo", model_and_tok=(model, tok))
 
     ckpt = resolve_checkpoint(args.out)
-    train_acc = pair_accuracy(rm, loader(args.data), tok.pad_id, suffix)
-    save_center(ckpt, train_acc["score_mean"])  # rewards are centred on the training pairs' mean score
+    train_acc = pair_accuracy(objective, model, loader(args.data))
+    # rewards are centred on the training pairs' mean score (likelihood: the chosen replies'; reward/model.py)
+    center = train_acc["score_mean"] if args.head == "scalar" else train_acc["chosen_mean"]
+    save_reward_meta(ckpt, center, objective.kind, args.beta if args.head == "likelihood" else None)
     line = f"done: loss {m['loss']:.4g}, train pair accuracy {train_acc['accuracy']:.1%}"
     if held_out is not None:
-        held = pair_accuracy(rm, held_out, tok.pad_id, suffix)
+        held = pair_accuracy(objective, model, held_out)
         line += (f", held-out pair accuracy {held['accuracy']:.1%} ({held['pairs']} pairs; the --init model's "
                  f"own likelihood: {own['accuracy']:.1%})")
     print(line + f"; reward model: {ckpt} (use it with --reward-model)")
@@ -218,14 +231,27 @@ def add_reward_command(sub) -> None:
 
     g = command_group(sub, "reward", "reward models for RL")
     p = g.add_parser("train", help="fit a Bradley-Terry reward model on preference pairs (the DPO format)",
-                     description="Train a reward model: the --init SFT model's trunk plus a scalar head, on "
-                                 "{'chosen', 'rejected'} pairs. Prints held-out pair accuracy with --eval-data.")
+                     description="Train a reward model from the --init SFT model on {'chosen', 'rejected'} pairs: "
+                                 "a scalar head on the last token (--head scalar, exported to transformers as "
+                                 "LlamaForSequenceClassification) or the reply's mean token log-probability "
+                                 "under a fine-tuned copy of the model (--head likelihood, exported as "
+                                 "LlamaForCausalLM). Prints held-out pair accuracy with --eval-data.")
     add_train_args(p, "sft")
+    p.add_argument("--head", choices=["scalar", "likelihood"], default="scalar",
+                   help="scalar: r = w . h at the last token (default); likelihood: r = beta * mean log p(reply) "
+                        "(SimPO's reward; it starts from the model's own ranking of the replies, which a scalar "
+                        "head has to learn anew - on the built-in pairs it ranks far more held-out pairs right, "
+                        "see docs/rl.md)")
+    p.add_argument("--beta", type=float, default=5.0,
+                   help="--head likelihood: the reward's scale, r = beta * mean token log-prob. Default 5")
     p.add_argument("--lm-coef", type=float, default=0.0,
-                   help="weight of the chosen replies' language-modelling loss added to the Bradley-Terry loss "
-                        "(keeps the trunk a language model while the head is fitted; GRM, Yang et al. 2024). "
-                        "Default 0")
-    p.set_defaults(func=cmd_reward_train, lr=1e-4, batch_size=16, warmup=10, weight_decay=0.0, varying_shapes=True)
+                   help="--head scalar: weight of the chosen replies' language-modelling loss added to the "
+                        "Bradley-Terry loss (keeps the trunk a language model while the head is fitted; GRM, "
+                        "Yang et al. 2024). Default 0")
+    for a in p._actions:  # the default lr depends on --head
+        if a.dest == "lr":
+            a.help = "peak learning rate (default 1e-4 for --head scalar, 3e-5 for --head likelihood)"
+    p.set_defaults(func=cmd_reward_train, lr=None, batch_size=16, warmup=10, weight_decay=0.0, varying_shapes=True)
 
 
 def add_commands(sub) -> None:
