@@ -278,6 +278,17 @@ def test_likelihood_reward_model_exports_as_a_causal_lm(tok, tmp_path):
     conv = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
     native = NativeReward(tmp_path / "rm").raw_scores([conv])[0]
     assert native == pytest.approx(5.0 * reply_mean_logp(hf, tok, conv), rel=1e-4)
+    # --external-reward-model on the export scores what --reward-model scores, centre included
+    from minimind.reward.external import ExternalReward
+
+    records = [rec("What is 2 + 3?", "5"), rec("法国的首都是哪里？", "巴黎"),
+               {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                  {"role": "user", "content": "Who are you?"}]}]
+    replies = [{"content": "2 + 3 = 5."}, {"content": "法国的首都是巴黎。"}, {"content": "I am MiniMind."}]
+    ours, theirs = NativeReward(tmp_path / "rm").score(records, replies), ExternalReward(tmp_path / "hf").score(
+        records, replies)
+    assert theirs[1]["ext_score"] == pytest.approx(ours[1]["rm_score"], rel=1e-4)
+    assert theirs[0] == pytest.approx(ours[0], rel=1e-4) and len(set(ours[1]["rm_score"])) == 3
 
 
 def test_bad_reward_json_is_one_clear_error(tok, tmp_path):

@@ -10,8 +10,13 @@ Two kinds of folders are supported:
   the public MiniMind RL scripts use). Their code ships inside the model folder, so loading it runs
   that code: pass `--trust-remote-code` only for folders you trust.
 
-Rewards are squashed to (0, 1) with sigmoid((r - center) / scale) so that they mix with rule rewards
-(`--reward-center`, `--reward-scale`; the defaults 0 and 1 keep the raw logit's sign).
+- A likelihood reward model exported by `minimind export hf` (`reward train --head likelihood`): a
+  causal LM whose `reward.json` says kind "likelihood"; the reward is beta times the mean token
+  log-prob of the last assistant message (after its `<|im_start|>assistant\n` header, through its
+  `<|im_end|>`: the tokens our loss mask trains), as reward/model.py scores it.
+
+Rewards are squashed to (0, 1) with sigmoid((r - center) / scale) so that they mix with rule rewards.
+center comes from the folder's `reward.json` where there is one (our exports), else 0; scale is 1.
 """
 
 from __future__ import annotations
@@ -28,18 +33,28 @@ class ExternalReward:
     name = "external_rm"
 
     def __init__(self, path, device="cpu", batch_size: int = 8, trust_remote_code: bool = False,
-                 center: float = 0.0, scale: float = 1.0):
+                 center: float | None = None, scale: float = 1.0):
         try:
-            from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                      AutoTokenizer)
         except ImportError:
             raise UserError("--external-reward-model needs transformers: pip install transformers") from None
+        from .model import read_reward_meta
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"--external-reward-model {path}: no config.json; pass a transformers model folder")
         self.tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         if self.tok.chat_template is None:
             raise UserError(f"--external-reward-model {path}: the tokenizer has no chat template")
+        meta = read_reward_meta(path)
+        center = meta.get("score_center", 0.0) if center is None else center
+        self.device, self.batch_size, self.center, self.scale = torch.device(device), batch_size, center, scale
         kw = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+        self.beta = meta.get("beta") if meta.get("kind") == "likelihood" else None
+        if self.beta is not None:
+            self.model = AutoModelForCausalLM.from_pretrained(str(path), **kw).to(device).eval()
+            return
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(str(path), **kw)
         except (ValueError, KeyError):
@@ -51,7 +66,6 @@ class ExternalReward:
             raise UserError(f"--external-reward-model {path}: expected one output label, the model has "
                             f"{self.model.config.num_labels}")
         self.model.to(device).eval()
-        self.device, self.batch_size, self.center, self.scale = torch.device(device), batch_size, center, scale
 
     def needs_gt(self) -> bool:
         return False
@@ -71,7 +85,21 @@ class ExternalReward:
             for i, r in enumerate(rows):
                 ids[i, :len(r)], attn[i, :len(r)] = torch.tensor(r), 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits
-            out += logits[:, 0].float().tolist()
+            out += logits[:, 0].float().tolist() if self.beta is None else self._mean_reply_logp(rows, logits)
+        return out
+
+    def _mean_reply_logp(self, rows: list[list[int]], logits) -> list[float]:
+        """beta * mean log p of each row's last assistant message: the tokens after its header
+        through its <|im_end|>."""
+        header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
+        logp = logits.float().log_softmax(-1)  # (B, T, V)
+        out = []
+        for i, r in enumerate(rows):
+            start = max(j for j in range(len(r) - len(header) + 1) if r[j:j + len(header)] == header) + len(header)
+            stop = r.index(end_id, start) + 1 if end_id in r[start:] else len(r)
+            terms = logp[i, torch.arange(start - 1, stop - 1), torch.tensor(r[start:stop])]
+            out.append(self.beta * float(terms.mean()))
         return out
 
     def score(self, records: list[dict], replies: list[dict]) -> tuple[list[float], dict]:
