@@ -191,6 +191,9 @@ def export_hf(checkpoint, out_dir, dtype: str = "float32") -> Path:
         model, tok = load_checkpoint(ckpt)
     cfg = model.config
     config = hf_config(cfg, dtype)  # validates the mapping before anything is written
+    from ..reward.model import META_FILE, read_reward_meta
+
+    meta = read_reward_meta(ckpt)  # {} for a language model
     tensors = hf_state_dict(cfg, {k: v.to(DTYPES[dtype]).contiguous()
                                   for k, v in state_dict_for_save(model).items()})
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +201,7 @@ def export_hf(checkpoint, out_dir, dtype: str = "float32") -> Path:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     tok.save(out, model_max_length=cfg.max_position_embeddings)
     _write_json(out / "generation_config.json", generation_config(tok))
-    from ..reward.model import META_FILE, read_reward_meta
-
-    if meta := read_reward_meta(ckpt):  # a reward model's kind, beta and score centre travel with it
+    if meta:  # a reward model's kind, beta and score centre travel with it
         _write_json(out / META_FILE, meta)
     return out
 

@@ -1,6 +1,6 @@
 """Reward models from other projects, through transformers.
 
-Two kinds of folders are supported:
+Three kinds of folders are supported:
 
 - `AutoModelForSequenceClassification` models (one label): the conversation is rendered with the
   folder's own chat template (`tokenizer.apply_chat_template`), and the reward is the logit at the
