@@ -161,20 +161,23 @@ class LikelihoodBradleyTerry:
         self.beta = float(beta)
 
     def scores(self, model, batch):
+        """(r_w, r_l), each (B,)."""
+        return self._scores(model, batch)[:2]
+
+    def _scores(self, model, batch):
         from ..train.dpo import sequence_logps
 
         B = batch["chosen_input_ids"].shape[0]
         out = model(torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]))  # logits (2B, T, V)
         logp, n = sequence_logps(out.logits, torch.cat([batch["chosen_labels"], batch["rejected_labels"]]))
-        r = self.beta * logp.float() / n.clamp(min=1)  # (2B,)
-        self._aux = out.aux_loss
-        return r[:B], r[B:]
+        r = self.beta * logp.float() / n.clamp(min=1)  # (2B,) beta * mean log pi(y|x)
+        return r[:B], r[B:], out.aux_loss
 
     def loss(self, model, batch):
-        r_w, r_l = self.scores(model, batch)
+        r_w, r_l, aux = self._scores(model, batch)
         loss, metrics = bt_loss(r_w, r_l, batch)
-        if self._aux is not None:  # MoE load balancing
-            loss = loss + self._aux
+        if aux is not None:  # MoE load balancing
+            loss = loss + aux
         return loss, metrics
 
 
