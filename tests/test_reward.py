@@ -289,6 +289,15 @@ def test_likelihood_reward_model_exports_as_a_causal_lm(tok, tmp_path):
         records, replies)
     assert theirs[1]["ext_score"] == pytest.approx(ours[1]["rm_score"], rel=1e-4)
     assert theirs[0] == pytest.approx(ours[0], rel=1e-4) and len(set(ours[1]["rm_score"])) == 3
+    # a folder whose template writes no ChatML assistant header: one clear error, not a traceback
+    from minimind.errors import UserError
+
+    cfg_file = tmp_path / "hf" / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="cannot be found"):
+        ExternalReward(tmp_path / "hf").score(records[:1], replies[:1])
 
 
 def test_bad_reward_json_is_one_clear_error(tok, tmp_path):
@@ -297,6 +306,9 @@ def test_bad_reward_json_is_one_clear_error(tok, tmp_path):
 
     save_checkpoint(tmp_path / "rm", tiny_lm(tok), tok)
     (tmp_path / "rm" / "reward.json").write_text('{"score_center": 0, "kind": "likelihood"}')
+    with pytest.raises(UserError, match=r"reward\.json: not a reward-model description"):
+        load_reward_model(tmp_path / "rm")
+    (tmp_path / "rm" / "reward.json").write_text('[1, 2]')  # valid JSON, not an object
     with pytest.raises(UserError, match=r"reward\.json: not a reward-model description"):
         load_reward_model(tmp_path / "rm")
 

@@ -96,7 +96,12 @@ class ExternalReward:
         logp = logits.float().log_softmax(-1)  # (B, T, V)
         out = []
         for i, r in enumerate(rows):
-            start = max(j for j in range(len(r) - len(header) + 1) if r[j:j + len(header)] == header) + len(header)
+            heads = [j for j in range(len(r) - len(header) + 1) if r[j:j + len(header)] == header]
+            if not heads:
+                raise UserError("--external-reward-model: its chat template does not write an "
+                                "'<|im_start|>assistant' header, so the reply cannot be found; a likelihood "
+                                "reward model needs the ChatML template `minimind export hf` writes")
+            start = heads[-1] + len(header)
             stop = r.index(end_id, start) + 1 if end_id in r[start:] else len(r)
             terms = logp[i, torch.arange(start - 1, stop - 1), torch.tensor(r[start:stop])]
             out.append(self.beta * float(terms.mean()))

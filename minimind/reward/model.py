@@ -165,13 +165,10 @@ class LikelihoodBradleyTerry:
         return self._scores(model, batch)[:2]
 
     def _scores(self, model, batch):
-        from ..train.dpo import sequence_logps
-
         B = batch["chosen_input_ids"].shape[0]
-        out = model(torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]))  # logits (2B, T, V)
-        logp, n = sequence_logps(out.logits, torch.cat([batch["chosen_labels"], batch["rejected_labels"]]))
-        r = self.beta * logp.float() / n.clamp(min=1)  # (2B,) beta * mean log pi(y|x)
-        return r[:B], r[B:], out.aux_loss
+        r, aux = likelihood_scores(model, torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]),
+                                   torch.cat([batch["chosen_labels"], batch["rejected_labels"]]), self.beta)
+        return r[:B], r[B:], aux
 
     def loss(self, model, batch):
         r_w, r_l, aux = self._scores(model, batch)
@@ -179,6 +176,16 @@ class LikelihoodBradleyTerry:
         if aux is not None:  # MoE load balancing
             loss = loss + aux
         return loss, metrics
+
+
+def likelihood_scores(model, ids, labels, beta: float):
+    """r = beta * mean log pi(label_t) over each row's labelled positions: ids, labels (N, T) ->
+    r (N,) fp32, and the model's MoE auxiliary loss (None for a dense model)."""
+    from ..train.dpo import sequence_logps
+
+    out = model(ids)  # logits (N, T, V)
+    logp, n = sequence_logps(out.logits, labels)
+    return beta * logp.float() / n.clamp(min=1), out.aux_loss
 
 
 def bt_loss(r_w, r_l, batch):
@@ -226,6 +233,8 @@ def read_reward_meta(path) -> dict:
         return {}
     try:
         meta = json.loads(f.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(meta)
         meta.setdefault("kind", "head")
         if meta["kind"] not in KINDS or not isinstance(meta.get("score_center", 0.0), (int, float)) \
                 or (meta["kind"] == "likelihood" and not isinstance(meta.get("beta"), (int, float))):
@@ -291,7 +300,6 @@ class NativeReward:
     @torch.no_grad()
     def raw_scores(self, conversations: list[list[dict]]) -> list[float]:
         from ..tokenizer import render_chat_batch
-        from ..train.dpo import sequence_logps
         from ..train.pretrain import IGNORE
 
         rendered = render_chat_batch(self.tok, conversations)
@@ -310,8 +318,7 @@ class NativeReward:
             labels = torch.full((len(chunk), width - 1), IGNORE, dtype=torch.long)
             for i, (r, m) in enumerate(chunk):
                 labels[i, :len(r) - 1] = torch.tensor(last_reply_labels(r, m))
-            logp, n = sequence_logps(self.model(ids[:, :-1]).logits, labels.to(self.device))
-            out += (self.beta * logp.float() / n.clamp(min=1)).tolist()
+            out += likelihood_scores(self.model, ids[:, :-1], labels.to(self.device), self.beta)[0].tolist()
         return out
 
     def score(self, records: list[dict], replies: list[dict]) -> tuple[list[float], dict]:
