@@ -42,12 +42,18 @@ def logged_step(out: Path) -> int:
     return max(steps, default=0)
 
 
-def writing(out: Path) -> bool:
-    """A checkpoint is being written: its temporary directory exists."""
+def temp_dirs(out: Path) -> set[str]:
+    """The checkpoint writes' temporary directories (each a fresh random name)."""
     try:
-        return any(n.startswith(".step-") and ".tmp-" in n for n in os.listdir(out / "checkpoint"))
+        return {n for n in os.listdir(out / "checkpoint") if n.startswith(".step-") and ".tmp-" in n}
     except OSError:
-        return False
+        return set()
+
+
+def writing(out: Path, leftovers: set[str]) -> bool:
+    """A checkpoint is being written: a temporary directory exists that an earlier, killed process
+    did not leave behind (the next save removes those)."""
+    return bool(temp_dirs(out) - leftovers)
 
 
 def kill_when(proc: subprocess.Popen, condition) -> bool:
@@ -57,6 +63,28 @@ def kill_when(proc: subprocess.Popen, condition) -> bool:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return True
+        time.sleep(0.0005)
+    return False
+
+
+def kill_inside_a_write(proc: subprocess.Popen, out: Path, leftovers: set[str]) -> bool:
+    """SIGKILL `proc` while it writes a checkpoint; False if it finished first.
+
+    A write can end between seeing it and the kill, so the process is first stopped (SIGSTOP, waited
+    for with waitpid(WUNTRACED): it is frozen when that returns), and killed only if the write is
+    still unfinished; else it goes on (SIGCONT) to its next save (--save-every 1: one per step)."""
+    while proc.poll() is None:
+        if writing(out, leftovers):
+            proc.send_signal(signal.SIGSTOP)
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):  # it exited just before the signal
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return False
+            if writing(out, leftovers):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.0005)
     return False
 
@@ -77,15 +105,20 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_weights(corpus, t
     rng = random.Random(os.getpid())  # other moments on every run of the suite; the outcome never changes
     run, data = tmp_path / "killed" / "run", tmp_path / "killed" / "pretrain.jsonl"
     killed_in_write = 0
-    # any moment (startup, data preparation, first steps), then a few steps on, then inside a save
+    # any moment (startup, data preparation, first steps: by step 3 at the latest, however fast the
+    # machine), then a few steps on, then inside a save
     for moment in ["time", "write"] + ["steps", "write"] * 3:
         done, ahead, delay, t0 = logged_step(run), rng.randint(1, 5), rng.uniform(0.2, 3.0), time.monotonic()
-        condition = {"time": lambda: time.monotonic() - t0 > delay,
-                     "steps": lambda: logged_step(run) >= done + ahead,
-                     "write": lambda: writing(run)}[moment]
-        if not kill_when(start(data, tokenizer_dir, run, log), condition):
+        leftovers = temp_dirs(run)
+        proc = start(data, tokenizer_dir, run, log)
+        if moment == "write":
+            killed = kill_inside_a_write(proc, run, leftovers)
+        else:
+            killed = kill_when(proc, {"time": lambda: time.monotonic() - t0 > delay or logged_step(run) >= 3,
+                                      "steps": lambda: logged_step(run) >= done + ahead}[moment])
+        if not killed:
             break  # it finished before the moment came
-        killed_in_write += writing(run)  # the dead process left its temporary directory behind
+        killed_in_write += writing(run, leftovers)  # the dead process left its temporary directory behind
         if resolve_checkpoint(run) != run:
             load_checkpoint(run)  # `latest` always names a complete checkpoint
     assert killed_in_write >= 1, "no kill landed inside a checkpoint write"
