@@ -546,6 +546,36 @@ def test_substituted_lookups_disagree_with_the_corpus_and_never_use_a_held_out_v
         invented.swap_answer(random.Random(0), f, [f.subj])
 
 
+def test_tool_mix_keeps_the_held_out_split_of_every_mix(any_mix, tmp_path):
+    """A mix sets the fact tables the split is drawn from, so `data tool-mix` on a `--mix demo` corpus
+    must draw with that mix too: no call of a held-out tool task, no held-out fact looked up."""
+    from minimind.data.tool_mix import tool_mix
+    from minimind.tools.lookup import builtin
+
+    encyclopedia = builtin()
+    corpus = any_mix["paths"]["manifest"].parent
+    held_keys = {_call_key(r["call"]) for r in any_mix["recs"]["tools_heldout"]}
+    held_facts = set(any_mix["manifest"]["heldout"]["facts"])  # "relation:subject" (English name)
+    tool_mix(corpus, tmp_path / "mix.jsonl", conversations=600, replay=0, lookup_share=0.8,
+             invented=0.0, substituted=0.0, seed=3)
+    lookups = 0
+    for line in (tmp_path / "mix.jsonl").read_text(encoding="utf-8").splitlines():
+        for m in json.loads(line)["conversations"]:
+            for call in json.loads(m.get("tool_calls") or "[]"):
+                assert _call_key(call) not in held_keys, call
+                if call["name"] == "lookup":
+                    lookups += 1
+                    by_table = encyclopedia.subjects(call["arguments"]["subject"])  # English or Chinese name
+                    assert {f"{call['arguments']['relation']}:{e['name']}" for e in by_table.values()} \
+                        .isdisjoint(held_facts), call
+    assert lookups >= 400
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"seed": 0, "mix": "nope"}', encoding="utf-8")
+    with pytest.raises(UserError, match="unknown mix 'nope'"):
+        tool_mix(other, tmp_path / "x.jsonl")
+
+
 def test_tool_mix_draws_with_the_corpus_split_and_replays_its_sft(synth, tmp_path):
     """`data tool-mix`: new tool conversations (none with a held-out key) plus replayed sft.jsonl lines;
     with every share at 0 each tool result is what the tool set answers, with the shares at 1 no lookup is."""

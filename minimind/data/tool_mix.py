@@ -15,8 +15,8 @@ the corpus's own `sft.jsonl`, shuffled together, for `minimind sft --init <an SF
   subject's value), so the reply has to follow the result rather than memory.
 * `--clock`: share of `current_time` / `weather` tasks at a random instant of the mock clock.
 
-Every task is drawn with the corpus's own held-out split (read from its manifest.json: the seed), so
-no held-out key of `eval/tools_heldout.jsonl` or `eval/heldout.jsonl` enters the mix.
+Every task is drawn with the corpus's own held-out split (read from its manifest.json: the seed, and
+the mix, whose table sizes the split also depends on), so no held-out key of `eval/tools_heldout.jsonl` or `eval/heldout.jsonl` enters the mix.
 """
 
 from __future__ import annotations
@@ -37,25 +37,32 @@ def _share(name: str, value: float) -> float:
     return value
 
 
-def corpus_seed(corpus: Path) -> int:
-    """The seed a corpus directory was written with (its manifest.json), which fixes its held-out split."""
+def corpus_split(corpus: Path) -> tuple[int, str]:
+    """The seed and mix a corpus directory was written with (its manifest.json): together they fix its
+    held-out split (a mix sets the size of the fact tables the split is drawn from)."""
     manifest = corpus / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"{corpus}: no manifest.json; --corpus must be a directory written by `minimind data synth`",
                         param="corpus")
+    from .synth import MIXES
+
     try:
-        return int(json.loads(manifest.read_text(encoding="utf-8"))["seed"])
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        seed, mix = int(meta["seed"]), str(meta.get("mix", "default"))
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{manifest}: cannot read its 'seed' ({e}); write the corpus again with "
                         "`minimind data synth`", param="corpus") from None
+    if mix not in MIXES:
+        raise UserError(f"{manifest}: unknown mix {mix!r} (this version knows {', '.join(MIXES)}); write the "
+                        "corpus again with `minimind data synth`", param="corpus")
+    return seed, mix
 
 
 def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, replay: int = 5000,
              lookup_share: float = 0.5, invented: float = 0.5, substituted: float = 0.25, clock: float = 0.7,
              seed: int = 0) -> Counter:
     """Write the mix to `out` (JSONL of {"conversations": [...]}); returns the count of each kind."""
-    from .synth import Gen
-    from .synth_tools import TOOL_WEIGHTS, ToolTasks, tool_convo
+    from .synth import Gen, _mix
 
     corpus, out = Path(corpus), Path(out)
     if out.is_dir():
@@ -65,7 +72,17 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
     for name, value in (("lookup-share", lookup_share), ("invented", invented), ("substituted", substituted),
                         ("clock", clock)):
         _share(name, value)
-    tasks = ToolTasks(Gen(corpus_seed(corpus)))
+    seed_of_corpus, mix = corpus_split(corpus)
+    with _mix(mix):  # the corpus's table sizes: its split, and the subjects a task is drawn from
+        return _write_mix(corpus, out, conversations, replay, lookup_share, invented, substituted, clock, seed,
+                          Gen(seed_of_corpus))
+
+
+def _write_mix(corpus: Path, out: Path, conversations: int, replay: int, lookup_share: float, invented: float,
+               substituted: float, clock: float, seed: int, gen) -> Counter:
+    from .synth_tools import TOOL_WEIGHTS, ToolTasks, tool_convo
+
+    tasks = ToolTasks(gen)
     tasks.INVENTED_SHARE, tasks.SUBSTITUTED_SHARE, tasks.CLOCK_SHARE = invented, substituted, clock
 
     replayed = []
