@@ -16,7 +16,8 @@ the corpus's own `sft.jsonl`, shuffled together, for `minimind sft --init <an SF
 * `--clock`: share of `current_time` / `weather` tasks at a random instant of the mock clock.
 
 Every task is drawn with the corpus's own held-out split (read from its manifest.json: the seed, and
-the mix, whose table sizes the split also depends on), so no held-out key of `eval/tools_heldout.jsonl` or `eval/heldout.jsonl` enters the mix.
+the mix, whose table sizes the split also depends on), so no held-out key of
+`eval/tools_heldout.jsonl` or `eval/heldout.jsonl` enters the mix.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
              seed: int = 0) -> Counter:
     """Write the mix to `out` (JSONL of {"conversations": [...]}); returns the count of each kind."""
     from .synth import Gen, _mix
+    from .synth_tools import ToolTasks
 
     corpus, out = Path(corpus), Path(out)
     if out.is_dir():
@@ -73,35 +75,48 @@ def tool_mix(corpus: str | Path, out: str | Path, conversations: int = 12000, re
                         ("clock", clock)):
         _share(name, value)
     seed_of_corpus, mix = corpus_split(corpus)
+    replayed = _replayed(corpus, replay, seed)
     with _mix(mix):  # the corpus's table sizes: its split, and the subjects a task is drawn from
-        return _write_mix(corpus, out, conversations, replay, lookup_share, invented, substituted, clock, seed,
-                          Gen(seed_of_corpus))
+        rng = random.Random(f"tool-mix/{seed}")
+        rows, counts = _draw(ToolTasks(Gen(seed_of_corpus)), rng, conversations, lookup_share, invented,
+                             substituted, clock)
+    counts["replayed"] = len(replayed)
+    rows += replayed
+    rng.shuffle(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out)
+    return counts
 
 
-def _write_mix(corpus: Path, out: Path, conversations: int, replay: int, lookup_share: float, invented: float,
-               substituted: float, clock: float, seed: int, gen) -> Counter:
-    from .synth_tools import TOOL_WEIGHTS, ToolTasks, tool_convo
-
-    tasks = ToolTasks(gen)
-    tasks.INVENTED_SHARE, tasks.SUBSTITUTED_SHARE, tasks.CLOCK_SHARE = invented, substituted, clock
-
+def _replayed(corpus: Path, replay: int, seed: int) -> list[str]:
+    """`replay` lines of the corpus's sft.jsonl, drawn by `seed`, each checked to be a conversation."""
+    if not replay:
+        return []
+    sft = corpus / "sft.jsonl"
+    if not sft.is_file():
+        raise UserError(f"{sft}: not found; --replay needs the corpus's sft.jsonl (or --replay 0)", param="replay")
+    lines = [(n, line) for n, line in enumerate(sft.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if replay > len(lines):
+        raise UserError(f"--replay {replay}: {sft} has only {len(lines)} conversations", param="replay")
     replayed = []
-    if replay:
-        sft = corpus / "sft.jsonl"
-        if not sft.is_file():
-            raise UserError(f"{sft}: not found; --replay needs the corpus's sft.jsonl (or --replay 0)", param="replay")
-        lines = [(n, line) for n, line in enumerate(sft.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-        if replay > len(lines):
-            raise UserError(f"--replay {replay}: {sft} has only {len(lines)} conversations", param="replay")
-        for n, line in random.Random(f"tool-mix/{seed}/replay").sample(lines, replay):
-            try:
-                json.loads(line)["conversations"]
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{sft}:{n}: not a JSON record with a 'conversations' field; fix or remove "
-                                "that line", param="replay") from None
-            replayed.append(line)
+    for n, line in random.Random(f"tool-mix/{seed}/replay").sample(lines, replay):
+        try:
+            json.loads(line)["conversations"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{sft}:{n}: not a JSON record with a 'conversations' field; fix or remove "
+                            "that line", param="replay") from None
+        replayed.append(line)
+    return replayed
 
-    rng = random.Random(f"tool-mix/{seed}")
+
+def _draw(tasks, rng: random.Random, conversations: int, lookup_share: float, invented: float,
+          substituted: float, clock: float) -> tuple[list[str], Counter]:
+    """`conversations` new tool conversations (JSON lines) drawn from `tasks`, and the count per tool."""
+    from .synth_tools import TOOL_WEIGHTS, tool_convo
+
+    tasks.INVENTED_SHARE, tasks.SUBSTITUTED_SHARE, tasks.CLOCK_SHARE = invented, substituted, clock
     others = {k: v for k, v in TOOL_WEIGHTS.items() if k != "lookup"}
     counts: Counter = Counter()
     rows = []
@@ -112,11 +127,4 @@ def _write_mix(corpus: Path, out: Path, conversations: int, replay: int, lookup_
         both = [first, tasks.train(rng, tool, first.lang)] if rng.random() < PARALLEL_SHARE else [first]
         counts[tool] += 1
         rows.append(json.dumps({"conversations": tool_convo(rng, both)}, ensure_ascii=False))
-    counts["replayed"] = len(replayed)
-    rows += replayed
-    rng.shuffle(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out)
-    return counts
+    return rows, counts

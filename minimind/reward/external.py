@@ -90,11 +90,14 @@ class ExternalReward:
 
     def _mean_reply_logp(self, rows: list[list[int]], logits) -> list[float]:
         """beta * mean log p of each row's last assistant message: the tokens after its header
-        through its <|im_end|>."""
+        through its <|im_end|> (the labels reward/model.py scores, by the same formula)."""
+        from ..train.dpo import sequence_logps
+        from ..train.pretrain import IGNORE
+        from .model import last_reply_labels
+
         header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
         end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
-        logp = logits.float().log_softmax(-1)  # (B, T, V)
-        out = []
+        labels = torch.full((len(rows), logits.shape[1] - 1), IGNORE, dtype=torch.long)
         for i, r in enumerate(rows):
             heads = [j for j in range(len(r) - len(header) + 1) if r[j:j + len(header)] == header]
             if not heads:
@@ -103,9 +106,10 @@ class ExternalReward:
                                 "reward model needs the ChatML template `minimind export hf` writes")
             start = heads[-1] + len(header)
             stop = r.index(end_id, start) + 1 if end_id in r[start:] else len(r)
-            terms = logp[i, torch.arange(start - 1, stop - 1), torch.tensor(r[start:stop])]
-            out.append(self.beta * float(terms.mean()))
-        return out
+            reply = [int(start <= t < stop) for t in range(len(r))]
+            labels[i, :len(r) - 1] = torch.tensor(last_reply_labels(r, reply))
+        logp, n = sequence_logps(logits[:, :-1], labels.to(logits.device))
+        return (self.beta * logp / n.clamp(min=1)).tolist()
 
     def score(self, records: list[dict], replies: list[dict]) -> tuple[list[float], dict]:
         convs = [[{"role": m["role"], "content": m.get("content") or ""} for m in r["conversations"]]
